@@ -1,0 +1,65 @@
+"""One error hierarchy for `appliance/`; the CLI and the API catch :class:`ApplianceError` once.
+
+Errors from `secure/` (:class:`secure.errors.SecureError`) and `ingest/`
+(:class:`ingest.errors.IngestError`) are mapped at the same two places.
+"""
+
+from __future__ import annotations
+
+
+class ApplianceError(Exception):
+    """Root of every error raised by `appliance/`."""
+
+    code = "APPLIANCE_ERROR"
+    exit_code = 1
+
+    def __init__(self, message: str, *, code: str | None = None, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.hint = hint
+
+    def diagnostics(self) -> str:
+        return f"{self.message} {self.hint}".strip()
+
+
+class ConfigError(ApplianceError):
+    """Settings or the home directory are missing or invalid."""
+
+    code = "CONFIG"
+
+
+class UsageError(ApplianceError):
+    """The command was called wrongly (exit code 2)."""
+
+    code = "USAGE"
+    exit_code = 2
+
+
+class InvalidInput(ApplianceError):
+    code = "INVALID_INPUT"
+
+
+class NotFound(ApplianceError):
+    code = "NOT_FOUND"
+
+
+class AlreadyExists(ApplianceError):
+    code = "ALREADY_EXISTS"
+
+
+class AuthError(ApplianceError):
+    code = "AUTH_FAILED"
+
+
+class AccountLocked(AuthError):
+    code = "ACCOUNT_LOCKED"
+
+
+class Forbidden(ApplianceError):
+    code = "FORBIDDEN"
+
+
+class ModelLoadError(ApplianceError):
+    code = "MODEL_LOAD"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create the virtual environment and install the project with frozen dependency versions.
+# torch is installed first and pinned (2.13.0, CPU build) so that nothing pulls CUDA wheels.
+set -euo pipefail
+venv=${1:-.venv}
+python=${PYTHON:-python3.11}
+command -v "$python" >/dev/null || python=python3
+"$python" -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+"$venv/bin/pip" install --quiet --upgrade "pip>=24" 
+"$venv/bin/pip" install --quiet -c requirements.lock "torch==2.13.0"
+"$venv/bin/pip" install --quiet -c requirements.lock -e ".[dev]"
+"$venv/bin/python" -m appliance --version
