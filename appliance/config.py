@@ -31,16 +31,21 @@ class _Section(BaseModel):
 
 class SecuritySettings(_Section):
     kdf_cost_log2: int = Field(
-        17, ge=10, le=22, description="scrypt cost (log2 N) for sealing the root key and issuer keys"
+        17,
+        ge=10,
+        le=22,
+        description="scrypt cost (log2 N) for sealing the root key and issuer keys",
     )
     host_factors_required: int = Field(
         0,
         ge=0,
-        description="how many hashed host factors must match (k of n); 0 means all but one "
-        "when there are three or more factors, else all",
+        description="how many hashed host factors must match (k of n); 0 means the policy's own "
+        "k (the issuer's default: all but one of three or more factors)",
     )
     clock_skew_s: int = Field(
-        300, ge=0, description="allowed backwards clock skew against the trusted-time high-water mark"
+        300,
+        ge=0,
+        description="allowed backwards clock skew against the trusted-time high-water mark",
     )
     question_logging: Literal["hmac", "plain", "none"] = Field(
         "hmac",

@@ -1,0 +1,64 @@
+"""`appliance`: the admin command line (one command group; `python -m appliance` works too).
+
+Exit codes everywhere: 0 success, 1 refused or failed check (one-line reason and what to do),
+2 usage error. Errors of all three packages are caught here, once.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ingest.errors import IngestError
+from secure.errors import SecureError
+
+from .. import __version__
+from ..errors import ApplianceError
+from ._context import CliContext
+from .admin_cmds import audit, keys, users
+from .init_cmds import identity, init, issuer
+from .model_cmds import model, policy
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--home",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="APPLIANCE_HOME",
+    help="The appliance's data directory (default: ~/.local/share/knowledge-appliance; "
+    "env APPLIANCE_HOME).",
+)
+@click.option(
+    "--passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="File holding the root-key passphrase (else APPLIANCE_PASSPHRASE, the secrets "
+    "directory, or a prompt).",
+)
+@click.version_option(__version__, prog_name="appliance")
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None, passphrase_file: Path | None) -> None:
+    """Enterprise knowledge appliance: keys, policies, models, users, documents, audit."""
+    ctx.obj = CliContext(home, passphrase_file)
+
+
+for command in (init, identity, issuer, model, policy, keys, audit, users):
+    cli.add_command(command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="appliance", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (ApplianceError, SecureError, IngestError) as exc:
+        click.echo(f"error: {exc.diagnostics()}", err=True)
+        sys.exit(getattr(exc, "exit_code", 1))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(0)

@@ -1,0 +1,88 @@
+"""The one composition root: builds every service of a home from its settings.
+
+Everything else receives its collaborators in the constructor; tests build objects directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from secure.home import HomeLayout, UnlockedHome, create_home, unlock_home
+from secure.keys import KdfParams
+from secure.models import ModelStore
+
+from .config import SETTINGS_FILE, Settings, default_settings_text
+from .users import ScryptParams, UserStore
+
+DB_FILE = "appliance.db"
+
+
+def kdf_params(settings: Settings) -> KdfParams:
+    return KdfParams(n=2**settings.security.kdf_cost_log2)
+
+
+def layout_for(settings: Settings) -> HomeLayout:
+    return HomeLayout(settings.home)
+
+
+@dataclass
+class Appliance:
+    """Services of one unlocked home, built lazily."""
+
+    settings: Settings
+    secure: UnlockedHome
+    extras: dict[str, object] = field(default_factory=dict)
+
+    @cached_property
+    def models(self) -> ModelStore:
+        return ModelStore(
+            self.secure,
+            skew_s=self.settings.security.clock_skew_s,
+            host_k=self.settings.security.host_factors_required,
+        )
+
+    @cached_property
+    def users(self) -> UserStore:
+        u = self.settings.users
+        return UserStore.open(
+            self.settings.home / DB_FILE,
+            scrypt=ScryptParams(n=2**u.password_cost_log2),
+            min_password_length=u.min_password_length,
+            max_failures=u.lockout_failures,
+            lockout_seconds=u.lockout_minutes * 60,
+        )
+
+
+def init_appliance(settings: Settings, passphrase: str, *, now: int, actor: str) -> Appliance:
+    """Create a new home: settings file, secure files, user database."""
+    home = settings.home
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    secure = create_home(
+        layout_for(settings),
+        passphrase,
+        now=now,
+        actor=actor,
+        params=kdf_params(settings),
+        checkpoint_every=settings.security.audit_checkpoint_every,
+    )
+    settings_file = home / SETTINGS_FILE
+    if not settings_file.exists():
+        settings_file.write_text(default_settings_text(), encoding="utf-8")
+    return Appliance(settings, secure)
+
+
+def open_appliance(settings: Settings, passphrase: str, *, now: int, actor: str) -> Appliance:
+    secure = unlock_home(
+        layout_for(settings),
+        passphrase,
+        now=now,
+        actor=actor,
+        checkpoint_every=settings.security.audit_checkpoint_every,
+    )
+    return Appliance(settings, secure)
+
+
+def home_exists(home: Path) -> bool:
+    return HomeLayout(home).exists()

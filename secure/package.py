@@ -1,0 +1,373 @@
+"""Encrypted model packages: one container per file of a Hugging Face model directory.
+
+```
+PKG_DIR/
+  manifest.json     canonical JSON: package id, model name, issuer, files, sealed data key
+  manifest.mac      HMAC-SHA256 (hex) of manifest.json under a key derived from the data key
+  files/0000.kpc …  one container per source file
+```
+
+Trust chain: the package's data key leaves the packager only sealed (HPKE) to the issuer. The
+issuer opens it, checks ``manifest.mac`` (only a holder of the data key could have made it), and
+signs policies that pin ``sha256(manifest.json)``; every container authenticates its own package
+id and file name. So a manifest, container or file swap fails at the latest when the model is
+opened, and an installed package is checked without any key by the ciphertext hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ._encoding import b64d, b64e, canonical_json, field, parse_json_object
+from .container import Container, encrypt_stream
+from .errors import FormatError, SecureError, TamperedError
+from .issuer import IssuerKey, IssuerPublic
+from .seal import open_sealed, seal_to
+
+PACKAGE_TYPE = "kapp-model-package/1"
+MANIFEST = "manifest.json"
+MANIFEST_MAC = "manifest.mac"
+FILES_DIR = "files"
+KEY_ID = "package"
+MAX_FILES = 4096
+_MANIFEST_FIELDS = {"type", "package_id", "model", "created_at", "issuer", "files", "sealed_key"}
+
+
+def _mac_key(data_key: bytes) -> bytes:
+    return HKDF(SHA256(), 32, salt=None, info=b"kapp/v1 manifest-mac").derive(data_key)
+
+
+def _seal_info(package_id: str) -> bytes:
+    return b"kapp/v1 package-key\x00" + package_id.encode()
+
+
+@dataclass(frozen=True)
+class PackageFile:
+    name: str  # path inside the model directory, POSIX form ("model.safetensors")
+    container: str  # path inside the package ("files/0000.kpc")
+    size: int  # plaintext bytes
+    sha256: str  # of the container file (ciphertext)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "container": self.container,
+            "size": self.size,
+            "sha256": self.sha256,
+        }
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> PackageFile:
+        what = "manifest file entry"
+        if not isinstance(obj, dict) or set(obj) != {"name", "container", "size", "sha256"}:
+            raise FormatError("A manifest file entry has missing or unexpected fields.")
+        entry = cls(
+            field(obj, "name", str, what=what),
+            field(obj, "container", str, what=what),
+            field(obj, "size", int, what=what),
+            field(obj, "sha256", str, what=what),
+        )
+        _check_relative(entry.name)
+        _check_relative(entry.container)
+        if not entry.container.startswith(FILES_DIR + "/") or entry.size < 0:
+            raise FormatError("A manifest file entry points outside the package.")
+        return entry
+
+
+def _check_relative(name: str) -> None:
+    path = PurePosixPath(name)
+    if not name or path.is_absolute() or ".." in path.parts or "\\" in name or len(name) > 512:
+        raise FormatError(f"Unsafe path in manifest: {name!r}.")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    raw: bytes
+    package_id: str
+    model: str
+    created_at: int
+    issuer: IssuerPublic
+    files: tuple[PackageFile, ...]
+    sealed_key: bytes
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Manifest:
+        obj = parse_json_object(raw, what="package manifest")
+        if set(obj) != _MANIFEST_FIELDS or obj.get("type") != PACKAGE_TYPE:
+            raise FormatError("This is not a model package manifest (missing or extra fields).")
+        files = obj["files"]
+        if not isinstance(files, list) or not 0 < len(files) <= MAX_FILES:
+            raise FormatError("The manifest must list 1 to 4096 files.")
+        entries = tuple(PackageFile.from_dict(f) for f in files)
+        if len({e.name for e in entries}) != len(entries) or len(
+            {e.container for e in entries}
+        ) != len(entries):
+            raise FormatError("The manifest lists a file twice.")
+        issuer = obj["issuer"]
+        if not isinstance(issuer, dict):
+            raise FormatError("The manifest's issuer must be an object.")
+        return cls(
+            raw=raw,
+            package_id=field(obj, "package_id", str, what="manifest"),
+            model=field(obj, "model", str, what="manifest"),
+            created_at=field(obj, "created_at", int, what="manifest"),
+            issuer=IssuerPublic.from_dict(issuer),
+            files=entries,
+            sealed_key=b64d(field(obj, "sealed_key", str, what="manifest"), what="sealed key"),
+        )
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.raw).hexdigest()
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def validate_model_name(name: str) -> str:
+    ok = name and len(name) <= 64 and all(c.isalnum() or c in "._-" for c in name)
+    if not ok or name[0] in ".-":
+        raise SecureError(
+            f"Invalid model name {name!r}.",
+            code="INVALID_NAME",
+            hint="Use 1-64 letters, digits, '.', '_' or '-'.",
+        )
+    return name
+
+
+def _source_files(src_dir: Path) -> list[tuple[str, Path]]:
+    found = []
+    for path in sorted(src_dir.rglob("*")):
+        mode = path.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            raise SecureError(
+                f"{path} is a symbolic link; package real files only.", code="INVALID_SOURCE"
+            )
+        if stat.S_ISREG(mode):
+            rel = path.relative_to(src_dir).as_posix()
+            if not rel.startswith("."):
+                found.append((rel, path))
+    if not found:
+        raise SecureError(f"{src_dir} holds no files to package.", code="INVALID_SOURCE")
+    return found
+
+
+class _HashingWriter:
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh, self.hash = fh, hashlib.sha256()
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self.hash.update(data)
+        return self._fh.write(data)
+
+
+def package_model(
+    src_dir: Path, out_dir: Path, *, name: str, issuer: IssuerPublic, now: int
+) -> Manifest:
+    """Encrypt every file of ``src_dir`` into a new package at ``out_dir``.
+
+    The source is only read. The package is built in a sibling temp directory and renamed into
+    place, so a crash never leaves a half package under ``out_dir``.
+    """
+    validate_model_name(name)
+    src_dir, out_dir = src_dir.resolve(), out_dir.resolve()
+    if out_dir.exists():
+        raise SecureError(
+            f"{out_dir} already exists.", code="EXISTS", hint="Choose a new output directory."
+        )
+    if out_dir.is_relative_to(src_dir):
+        raise SecureError(
+            "The package directory must lie outside the model directory.", code="INVALID_SOURCE"
+        )
+    sources = _source_files(src_dir)
+    data_key, package_id = os.urandom(32), "pkg-" + os.urandom(12).hex()
+    tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+    (tmp / FILES_DIR).mkdir(parents=True, mode=0o700)
+    try:
+        entries = [
+            _encrypt_one(rel, path, tmp, i, data_key, package_id)
+            for i, (rel, path) in enumerate(sources)
+        ]
+        sealed = seal_to(issuer.box_public_key(), data_key, info=_seal_info(package_id))
+        raw = canonical_json(
+            {
+                "type": PACKAGE_TYPE,
+                "package_id": package_id,
+                "model": name,
+                "created_at": now,
+                "issuer": issuer.to_dict(),
+                "files": [e.to_dict() for e in entries],
+                "sealed_key": b64e(sealed),
+            }
+        )
+        (tmp / MANIFEST).write_bytes(raw)
+        mac = hmac.new(_mac_key(data_key), raw, hashlib.sha256).hexdigest()
+        (tmp / MANIFEST_MAC).write_text(mac + "\n", encoding="ascii")
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Manifest.from_bytes(raw)
+
+
+def _encrypt_one(
+    rel: str, path: Path, pkg: Path, index: int, data_key: bytes, package_id: str
+) -> PackageFile:
+    container = f"{FILES_DIR}/{index:04d}.kpc"
+    with path.open("rb") as src, (pkg / container).open("wb") as dst:
+        size = os.fstat(src.fileno()).st_size
+        writer = _HashingWriter(dst)
+        encrypt_stream(
+            src,
+            writer,
+            data_key=data_key,
+            object_id=package_id,  # type: ignore[arg-type]
+            name=rel,
+            key_id=KEY_ID,
+            size=size,
+        )
+        dst.flush()
+        os.fsync(dst.fileno())
+    return PackageFile(rel, container, size, writer.hash.hexdigest())
+
+
+def read_manifest(pkg_dir: Path) -> Manifest:
+    try:
+        raw = (pkg_dir / MANIFEST).read_bytes()
+    except OSError as exc:
+        raise SecureError(
+            f"{pkg_dir} is not a model package ({exc.strerror}).",
+            code="NOT_A_PACKAGE",
+            hint="Point at the directory `model package` wrote.",
+        ) from exc
+    return Manifest.from_bytes(raw)
+
+
+def verify_manifest_mac(pkg_dir: Path, manifest: Manifest, data_key: bytes) -> None:
+    try:
+        stored = (pkg_dir / MANIFEST_MAC).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TamperedError("package manifest", detail="manifest.mac unreadable") from exc
+    expected = hmac.new(_mac_key(data_key), manifest.raw, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(stored.encode(), expected.encode()):
+        raise TamperedError("package manifest", detail="manifest MAC mismatch")
+
+
+def unseal_package_key(pkg_dir: Path, issuer: IssuerKey) -> tuple[Manifest, bytes]:
+    """Issuer side: open the package's data key and authenticate its manifest with it."""
+    manifest = read_manifest(pkg_dir)
+    if manifest.issuer.issuer_id != issuer.public().issuer_id:
+        raise SecureError(
+            f"Package {manifest.package_id} was sealed to issuer "
+            f"{manifest.issuer.issuer_id}, not to this issuer.",
+            code="WRONG_ISSUER",
+            hint="Use the issuer key whose issuer.pub was given to `model package`.",
+        )
+    key = open_sealed(
+        issuer.box_private_key, manifest.sealed_key, info=_seal_info(manifest.package_id)
+    )
+    verify_manifest_mac(pkg_dir, manifest, key)
+    return manifest, key
+
+
+def iter_integrity_problems(pkg_dir: Path, manifest: Manifest) -> Iterator[str]:
+    """Key-less integrity check: every container is present, parses and hashes as listed."""
+    listed = {f.container for f in manifest.files}
+    present = {p.relative_to(pkg_dir).as_posix() for p in (pkg_dir / FILES_DIR).glob("*")}
+    for extra in sorted(present - listed):
+        yield f"unexpected file {extra}"
+    for entry in manifest.files:
+        path = pkg_dir / entry.container
+        try:
+            header = Container.open(path).header
+            digest = _sha256_file(path)
+        except OSError as exc:
+            yield f"{entry.name}: {exc.strerror}"
+            continue
+        except SecureError:
+            yield f"{entry.name}: container failed its structural check"
+            continue
+        if digest != entry.sha256:
+            yield f"{entry.name}: content hash differs from the manifest"
+        elif (header.object_id, header.name, header.size) != (
+            manifest.package_id,
+            entry.name,
+            entry.size,
+        ):
+            yield f"{entry.name}: container header does not match the manifest"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def decrypt_package(
+    pkg_dir: Path, manifest: Manifest, data_key: bytes, *, threads: int = 0
+) -> dict[str, bytearray]:
+    """Decrypt every file straight into its own final buffer (no other plaintext copy)."""
+    verify_manifest_mac(pkg_dir, manifest, data_key)
+    threads = threads or os.cpu_count() or 1
+    out: dict[str, bytearray] = {}
+    try:
+        for entry in manifest.files:
+            buf = bytearray(entry.size)
+            out[entry.name] = buf
+            Container.open(pkg_dir / entry.container).decrypt_into(
+                data_key,
+                buf,
+                expect_object_id=manifest.package_id,
+                expect_name=entry.name,
+                threads=threads if entry.size > 8 << 20 else 1,
+            )
+    except BaseException:
+        wipe_buffers(out.values())
+        raise
+    return out
+
+
+def wipe_buffers(buffers: Any) -> None:
+    for buf in buffers:
+        buf[:] = bytes(len(buf))
+
+
+def copy_package(src: Path, dst: Path) -> None:
+    """Copy a verified package into the home atomically (temp dir + rename)."""
+    tmp = dst.with_name(f".{dst.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+__all__ = [
+    "Manifest",
+    "PackageFile",
+    "copy_package",
+    "decrypt_package",
+    "iter_integrity_problems",
+    "package_model",
+    "read_manifest",
+    "unseal_package_key",
+    "validate_model_name",
+    "verify_manifest_mac",
+    "wipe_buffers",
+]
