@@ -37,9 +37,10 @@ def parse_json_object(data: bytes, *, what: str, limit: int = MAX_JSON_BYTES) ->
         return dict(pairs)
 
     try:
-        obj = json.loads(data.decode("utf-8"), object_pairs_hook=no_duplicates,
-                         parse_constant=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        obj = json.loads(
+            data.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=_reject_constant
+        )
+    except (ValueError, RecursionError) as exc:  # incl. decode errors and over-long integers
         raise FormatError(f"The {what} is not valid UTF-8 JSON.") from exc
     if not isinstance(obj, dict):
         raise FormatError(f"The {what} must be a JSON object.")

@@ -16,6 +16,7 @@ opened, and an installed package is checked without any key by the ciphertext ha
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import hmac
 import os
@@ -326,9 +327,17 @@ def decrypt_package(
     out: dict[str, bytearray] = {}
     try:
         for entry in manifest.files:
+            container = Container.open(pkg_dir / entry.container)
+            header = container.header
+            if (header.object_id, header.name, header.size) != (
+                manifest.package_id,
+                entry.name,
+                entry.size,
+            ):
+                raise TamperedError("model package", detail=f"{entry.name}: header mismatch")
             buf = bytearray(entry.size)
             out[entry.name] = buf
-            Container.open(pkg_dir / entry.container).decrypt_into(
+            container.decrypt_into(
                 data_key,
                 buf,
                 expect_object_id=manifest.package_id,
@@ -342,8 +351,10 @@ def decrypt_package(
 
 
 def wipe_buffers(buffers: Any) -> None:
+    """Zero plaintext buffers in place (no temporary copy of their size)."""
     for buf in buffers:
-        buf[:] = bytes(len(buf))
+        if len(buf):
+            ctypes.memset((ctypes.c_char * len(buf)).from_buffer(buf), 0, len(buf))
 
 
 def copy_package(src: Path, dst: Path) -> None:

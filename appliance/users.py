@@ -1,0 +1,500 @@
+"""User accounts and API tokens in one SQLite file (WAL mode, foreign keys on).
+
+Passwords are stored only as scrypt hashes whose parameters travel with the hash
+(``$scrypt$ln=15,r=8,p=1$salt$hash``), so the cost can be raised later: a successful login re-hashes
+with the current parameters. API tokens are 32 random bytes shown once as ``kapp_...``; only their
+SHA-256 is stored. An unknown user and a wrong password fail with the same message, after the same
+amount of hashing work. There are no default accounts. Time is always passed in (unix seconds).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import sqlite3
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import AccountLocked, AlreadyExists, ApplianceError, AuthError, InvalidInput, NotFound
+
+ROLES = ("staff", "admin")
+TOKEN_PREFIX = "kapp_"  # noqa: S105 - a prefix, not a secret
+MAX_PASSWORD = 1024
+MAX_GROUPS = 64
+_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+_HASH = re.compile(
+    r"\$scrypt\$ln=([0-9]{1,2}),r=([0-9]{1,2}),p=([0-9]{1,2})\$([A-Za-z0-9_-]{22})\$([A-Za-z0-9_-]{43})"
+)
+_TOKEN = re.compile(TOKEN_PREFIX + r"[A-Za-z0-9_-]{43}")
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE users (
+    name TEXT PRIMARY KEY COLLATE NOCASE,
+    role TEXT NOT NULL CHECK (role IN ('staff', 'admin')),
+    groups TEXT NOT NULL CHECK (json_valid(groups)),
+    password_hash TEXT NOT NULL,
+    disabled INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1)),
+    failed_logins INTEGER NOT NULL DEFAULT 0,
+    locked_until INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    password_changed_at INTEGER NOT NULL
+) STRICT;
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    user TEXT NOT NULL COLLATE NOCASE
+        REFERENCES users(name) ON DELETE CASCADE ON UPDATE CASCADE,
+    token_hash TEXT NOT NULL UNIQUE,
+    label TEXT NOT NULL DEFAULT '',
+    created_at INTEGER NOT NULL,
+    last_used_at INTEGER,
+    revoked INTEGER NOT NULL DEFAULT 0 CHECK (revoked IN (0, 1))
+) STRICT;
+CREATE INDEX tokens_by_user ON tokens(user);
+"""
+_USER_COLUMNS = (  # the hash comes last and never leaves this module
+    "name, role, groups, disabled, failed_logins, locked_until, created_at, password_changed_at,"
+    " password_hash"
+)
+
+
+@dataclass(frozen=True)
+class User:
+    """An account as the rest of the appliance sees it: never with its password hash."""
+
+    name: str
+    role: str
+    groups: tuple[str, ...]
+    disabled: bool
+    failed_logins: int
+    locked_until: int  # unix seconds; in the past (or 0) when not locked
+    created_at: int
+    password_changed_at: int
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def is_locked(self, now: int) -> bool:
+        return self.locked_until > now
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """What may be shown about a token: never the token itself."""
+
+    id: str
+    user: str
+    label: str
+    created_at: int
+    last_used_at: int | None
+    revoked: bool
+
+
+@dataclass(frozen=True)
+class ScryptParams:
+    """scrypt cost; bounded so that a damaged database cannot make a login eat all memory."""
+
+    n: int = 2**15
+    r: int = 8
+    p: int = 1
+
+    def __post_init__(self) -> None:
+        ok = 2 <= self.n <= 2**20 and self.n & (self.n - 1) == 0 and 1 <= self.r <= 32
+        if not ok or not 1 <= self.p <= 16 or 128 * self.r * self.n > 2**30:
+            raise ValueError(f"Unsupported scrypt parameters n={self.n}, r={self.r}, p={self.p}.")
+
+    def derive(self, password: str, salt: bytes) -> bytes:
+        data = unicodedata.normalize("NFC", password).encode("utf-8", "surrogatepass")
+        maxmem = 128 * self.r * (self.n + self.p + 2) + (1 << 20)
+        return hashlib.scrypt(
+            data, salt=salt, n=self.n, r=self.r, p=self.p, maxmem=maxmem, dklen=32
+        )
+
+    def hash(self, password: str) -> str:
+        salt = secrets.token_bytes(16)
+        digest = _b64(self.derive(password, salt))
+        return f"$scrypt$ln={self.n.bit_length() - 1},r={self.r},p={self.p}${_b64(salt)}${digest}"
+
+
+def parse_password_hash(stored: str) -> tuple[ScryptParams, bytes, bytes]:
+    """(params, salt, hash) of a stored hash; ApplianceError if the database holds garbage."""
+    match = _HASH.fullmatch(stored)
+    try:
+        if not match:
+            raise ValueError("not an scrypt hash")
+        params = ScryptParams(2 ** int(match[1]), int(match[2]), int(match[3]))
+        return params, _unb64(match[4]), _unb64(match[5])
+    except ValueError as exc:
+        raise ApplianceError(
+            "A stored password hash is damaged.",
+            code="USER_STORE",
+            hint="Set a new password with `appliance users passwd NAME`.",
+        ) from exc
+
+
+def verify_password(password: str, stored: str) -> bool:
+    params, salt, expected = parse_password_hash(stored)
+    return hmac.compare_digest(params.derive(password, salt), expected)
+
+
+class UserStore:
+    """Accounts and tokens; every call opens its own short connection (safe across threads)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        scrypt: ScryptParams | None = None,
+        min_password_length: int = 12,
+        max_failures: int = 5,
+        lockout_seconds: int = 15 * 60,
+    ) -> None:
+        if min_password_length < 1 or max_failures < 1 or lockout_seconds < 0:
+            raise ValueError("Password length, failure count and lockout must be positive.")
+        self.path = Path(path)
+        self.scrypt = scrypt or ScryptParams()
+        self.min_password_length = min_password_length
+        self.max_failures = max_failures
+        self.lockout_seconds = lockout_seconds
+        self._dummy_hash: str | None = None
+        self._create()
+
+    @classmethod
+    def open(cls, path: Path, **options: Any) -> UserStore:
+        """Open (creating if needed) the store at ``path``."""
+        return cls(path, **options)
+
+    def add_user(
+        self, name: str, *, role: str, groups: Iterable[str] | str, password: str, now: int
+    ) -> User:
+        name, role, group_list = check_name(name), check_role(role), normalise_groups(groups)
+        self.check_password(password, name)
+        password_hash = self.scrypt.hash(password)  # before the write lock: scrypt is slow
+        with self._db(write=True) as db:
+            if _row(db, name) is not None:
+                raise AlreadyExists(
+                    f"A user named '{name}' already exists.",
+                    hint="Pick another name, or change that account with `appliance users`.",
+                )
+            db.execute(
+                "INSERT INTO users (name, role, groups, password_hash, created_at,"
+                " password_changed_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (name, role, json.dumps(group_list), password_hash, now, now),
+            )
+            return _user(_row(db, name))
+
+    def set_password(self, name: str, password: str, *, now: int) -> None:
+        """Change the password; this also clears failed logins and any lock."""
+        user = self.get(name)
+        self.check_password(password, user.name)
+        self._update(
+            user.name,
+            "password_hash = ?, password_changed_at = ?, failed_logins = 0, locked_until = 0",
+            self.scrypt.hash(password),
+            now,
+        )
+
+    def disable(self, name: str) -> None:
+        self._update(name, "disabled = 1")
+
+    def enable(self, name: str) -> None:
+        self._update(name, "disabled = 0")
+
+    def unlock(self, name: str) -> None:
+        self._update(name, "failed_logins = 0, locked_until = 0")
+
+    def remove(self, name: str) -> None:
+        """Delete the account and (by cascade) its tokens."""
+        with self._db(write=True) as db:
+            if db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
+                raise _not_found(name)
+
+    def list_users(self) -> list[User]:
+        with self._db() as db:
+            rows = db.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY name").fetchall()  # noqa: S608
+        return [_user(row) for row in rows]
+
+    def get(self, name: str) -> User:
+        with self._db() as db:
+            row = _row(db, name)
+        if row is None:
+            raise _not_found(name)
+        return _user(row)
+
+    def authenticate(self, name: str, password: str, *, now: int) -> User:
+        """The user if ``password`` is right; else AuthError, one message for unknown or wrong."""
+        with self._db() as db:
+            row = _row(db, name) if isinstance(name, str) and _NAME.fullmatch(name) else None
+        if row is None:
+            verify_password(password, self._dummy())  # same work as for a real account
+            raise _auth_failed()
+        user, stored = _user(row), row[-1]
+        if user.is_locked(now):
+            raise _locked(user)
+        if not verify_password(password, stored):
+            self._record_failure(user.name, now)
+            raise _auth_failed()
+        if user.disabled:
+            raise _disabled(user.name)
+        self._record_success(user.name, password, stored)
+        return self.get(user.name)
+
+    def issue_token(self, name: str, *, now: int, label: str = "") -> str:
+        """A new API token for ``name``; shown only now, stored only as a hash."""
+        if len(label) > 200:
+            raise InvalidInput("A token label must be at most 200 characters.")
+        user = self.get(name)
+        if user.disabled:
+            raise InvalidInput(f"The account '{user.name}' is disabled; enable it first.")
+        raw = secrets.token_bytes(32)
+        with self._db(write=True) as db:
+            db.execute(
+                "INSERT INTO tokens (id, user, token_hash, label, created_at) VALUES (?,?,?,?,?)",
+                (secrets.token_hex(8), user.name, _token_hash(raw), label, now),
+            )
+        return TOKEN_PREFIX + _b64(raw)
+
+    def authenticate_token(self, token: str, *, now: int) -> User:
+        """The token's user; AuthError if the token is malformed, unknown or revoked.
+
+        A password lockout does not block tokens (it guards against password guessing, and a
+        token cannot be guessed); a disabled account does.
+        """
+        raw = _parse_token(token)
+        with self._db(write=True) as db:
+            found = db.execute(
+                "SELECT id, user FROM tokens WHERE token_hash = ? AND revoked = 0",
+                (_token_hash(raw),),
+            ).fetchone()
+            if found is None:
+                raise _bad_token()
+            db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (now, found[0]))
+            user = _user(_row(db, found[1]))
+        if user.disabled:
+            raise _disabled(user.name)
+        return user
+
+    def revoke_tokens(self, name: str) -> int:
+        """Revoke every token of ``name``; returns how many were still active."""
+        user = self.get(name)
+        with self._db(write=True) as db:
+            cursor = db.execute(
+                "UPDATE tokens SET revoked = 1 WHERE user = ? AND revoked = 0", (user.name,)
+            )
+            return cursor.rowcount
+
+    def list_tokens(self, name: str) -> list[TokenInfo]:
+        user = self.get(name)
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT id, user, label, created_at, last_used_at, revoked FROM tokens"
+                " WHERE user = ? ORDER BY created_at, id",
+                (user.name,),
+            ).fetchall()
+        return [TokenInfo(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows]
+
+    def check_password(self, password: str, name: str) -> None:
+        """The password policy: long enough, not too long, not the user name."""
+        length = len(unicodedata.normalize("NFC", password))
+        if length < self.min_password_length:
+            raise InvalidInput(
+                f"The password is {length} characters; at least {self.min_password_length} "
+                "are required.",
+                hint="Use a passphrase of several words.",
+            )
+        if length > MAX_PASSWORD:
+            raise InvalidInput(f"The password is longer than {MAX_PASSWORD} characters.")
+        if password.strip().casefold() == name.casefold():
+            raise InvalidInput("The password must not be the user name.")
+
+    def _record_failure(self, name: str, now: int) -> None:
+        with self._db(write=True) as db:
+            db.execute("UPDATE users SET failed_logins = failed_logins + 1 WHERE name = ?", (name,))
+            db.execute(
+                "UPDATE users SET failed_logins = 0, locked_until = ?"
+                " WHERE name = ? AND failed_logins >= ?",
+                (now + self.lockout_seconds, name, self.max_failures),
+            )
+
+    def _record_success(self, name: str, password: str, stored: str) -> None:
+        params = parse_password_hash(stored)[0]
+        sets, args = "failed_logins = 0, locked_until = 0", []
+        if params != self.scrypt:  # the cost was raised since this password was set
+            sets, args = sets + ", password_hash = ?", [self.scrypt.hash(password)]
+        self._update(name, sets, *args)
+
+    def _update(self, name: str, sets: str, *args: Any) -> None:
+        with self._db(write=True) as db:
+            query = f"UPDATE users SET {sets} WHERE name = ?"  # noqa: S608 - fixed column list
+            if db.execute(query, (*args, name)).rowcount == 0:
+                raise _not_found(name)
+
+    def _dummy(self) -> str:
+        if self._dummy_hash is None:
+            self._dummy_hash = self.scrypt.hash(secrets.token_hex(16))
+        return self._dummy_hash
+
+    def _create(self) -> None:
+        try:
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        except OSError as exc:
+            raise self._broken(exc) from exc
+        with self._db() as db:
+            db.execute("PRAGMA journal_mode = WAL")  # persistent; not allowed inside a transaction
+        with self._db(write=True) as db:  # IMMEDIATE: two processes never both create tables
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > _SCHEMA_VERSION:
+                raise ApplianceError(
+                    f"The user database at {self.path} was made by a newer version.",
+                    code="USER_STORE",
+                    hint="Upgrade the appliance software before using it.",
+                )
+            if version == 0:
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+
+    @contextlib.contextmanager
+    def _db(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection; with ``write`` one IMMEDIATE transaction, committed on success only."""
+        try:
+            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise self._broken(exc) from exc
+        try:
+            db.execute("PRAGMA foreign_keys = ON")
+            db.execute("PRAGMA secure_delete = ON")  # old hashes do not linger in free pages
+            if write:
+                db.execute("BEGIN IMMEDIATE")
+            yield db
+            if write:
+                db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise self._broken(exc) from exc
+        finally:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            db.close()
+
+    def _broken(self, exc: Exception) -> ApplianceError:
+        return ApplianceError(
+            f"The user database at {self.path} cannot be used ({exc}).",
+            code="USER_STORE",
+            hint="Check the path and permissions, or restore the file from backup.",
+        )
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidInput(
+            f"The user name {name!r} is not valid.",
+            hint="Use 1-64 characters: letters, digits and . _ @ -",
+        )
+    return name
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise InvalidInput(f"The role {role!r} is not known.", hint="Use staff or admin.")
+    return role
+
+
+def normalise_groups(groups: Iterable[str] | str) -> list[str]:
+    """Lower-case, de-duplicated, sorted group names; a string is split at commas (CLI input)."""
+    items = groups.split(",") if isinstance(groups, str) else list(groups)
+    names = set()
+    for item in items:
+        group = item.strip().lower() if isinstance(item, str) else item
+        if group == "":
+            continue  # "a,,b" or a trailing comma on the command line
+        if not isinstance(group, str) or not _NAME.fullmatch(group):
+            raise InvalidInput(
+                f"The group name {group!r} is not valid.",
+                hint="Use 1-64 characters: letters, digits and . _ @ -",
+            )
+        names.add(group)
+    if len(names) > MAX_GROUPS:
+        raise InvalidInput(f"A user can be in at most {MAX_GROUPS} groups.")
+    return sorted(names)
+
+
+def _row(db: sqlite3.Connection, name: str) -> tuple[Any, ...] | None:
+    query = f"SELECT {_USER_COLUMNS} FROM users WHERE name = ?"  # noqa: S608 - fixed columns
+    row: tuple[Any, ...] | None = db.execute(query, (name,)).fetchone()
+    return row
+
+
+def _user(row: tuple[Any, ...] | None) -> User:
+    assert row is not None
+    name, role, groups, disabled, failed, locked, created, changed, _ = row
+    return User(
+        name, role, tuple(json.loads(groups)), bool(disabled), failed, locked, created, changed
+    )
+
+
+def _parse_token(token: str) -> bytes:
+    with contextlib.suppress(ValueError):
+        if isinstance(token, str) and _TOKEN.fullmatch(token):
+            return _unb64(token[len(TOKEN_PREFIX) :])
+    raise _bad_token()
+
+
+def _token_hash(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    """Decode unpadded URL-safe base64; ValueError unless ``text`` is the canonical encoding."""
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("not canonical base64")
+    return data
+
+
+def _when(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _bad_token() -> AuthError:
+    return AuthError("The API token is not valid.", hint="Ask an administrator for a new token.")
+
+
+def _auth_failed() -> AuthError:
+    return AuthError("The user name or password is wrong.", hint="Check both and try again.")
+
+
+def _locked(user: User) -> AccountLocked:
+    return AccountLocked(
+        f"The account '{user.name}' is locked until {_when(user.locked_until)} "
+        "after too many failed logins.",
+        hint="Try again after that time, or ask an administrator to unlock it.",
+    )
+
+
+def _disabled(name: str) -> AuthError:
+    return AuthError(
+        f"The account '{name}' is disabled.",
+        code="ACCOUNT_DISABLED",
+        hint="Ask an administrator to enable it.",
+    )
+
+
+def _not_found(name: str) -> NotFound:
+    return NotFound(
+        f"There is no user named {name!r}.",
+        hint="Run `appliance users list` to see the accounts.",
+    )

@@ -1,0 +1,140 @@
+"""Model packages: round trip, tamper and swap refusals, and no plaintext anywhere (D1 part)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from secure.errors import SecureError, TamperedError
+from secure.issuer import IssuerKey
+from secure.package import (
+    Manifest,
+    decrypt_package,
+    iter_integrity_problems,
+    package_model,
+    read_manifest,
+    unseal_package_key,
+)
+
+from .helpers import DAY, HOST, NOW, make_world, write_model_dir
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_round_trip_and_source_untouched(tmp_path: Path) -> None:
+    src = write_model_dir(tmp_path / "src")
+    before = tree_digest(src)
+    issuer = IssuerKey.generate("vendor")
+    manifest = package_model(src, tmp_path / "pkg", name="m", issuer=issuer.public(), now=NOW)
+    assert tree_digest(src) == before
+    assert sorted(os.listdir(tmp_path)) == ["pkg", "src"]  # nothing else written beside
+    opened, key = unseal_package_key(tmp_path / "pkg", issuer)
+    files = decrypt_package(tmp_path / "pkg", opened, key, threads=2)
+    assert {n: hashlib.sha256(b).hexdigest() for n, b in files.items()} == before
+    assert list(iter_integrity_problems(tmp_path / "pkg", manifest)) == []
+
+
+def test_no_plaintext_in_package(tmp_path: Path) -> None:
+    src = write_model_dir(tmp_path / "src")
+    (src / "secret.txt").write_bytes(b"CANARY-" + os.urandom(16).hex().encode())
+    canary = (src / "secret.txt").read_bytes()
+    weights = (src / "model.safetensors").read_bytes()
+    package_model(src, tmp_path / "pkg", name="m", issuer=IssuerKey.generate("v").public(),
+                  now=NOW)
+    for path in (tmp_path / "pkg").rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            assert canary not in blob
+            assert weights[4096:4160] not in blob
+
+
+def test_refuses_existing_output_and_output_inside_source(tmp_path: Path) -> None:
+    src = write_model_dir(tmp_path / "src")
+    pub = IssuerKey.generate("v").public()
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(SecureError, match="already exists"):
+        package_model(src, tmp_path / "exists", name="m", issuer=pub, now=NOW)
+    with pytest.raises(SecureError, match="outside"):
+        package_model(src, src / "pkg", name="m", issuer=pub, now=NOW)
+    with pytest.raises(SecureError, match="Invalid model name"):
+        package_model(src, tmp_path / "p2", name="../x", issuer=pub, now=NOW)
+
+
+def test_wrong_issuer_cannot_unseal(tmp_path: Path) -> None:
+    src = write_model_dir(tmp_path / "src")
+    package_model(src, tmp_path / "pkg", name="m", issuer=IssuerKey.generate("a").public(),
+                  now=NOW)
+    with pytest.raises(SecureError) as info:
+        unseal_package_key(tmp_path / "pkg", IssuerKey.generate("b"))
+    assert info.value.code == "WRONG_ISSUER"
+
+
+def test_manifest_edit_detected(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    pkg = tmp_path / "pkg"
+    raw = json.loads((pkg / "manifest.json").read_bytes())
+    raw["files"][0]["size"] += 1
+    (pkg / "manifest.json").write_bytes(json.dumps(raw, sort_keys=True).encode())
+    with pytest.raises(TamperedError):
+        unseal_package_key(pkg, world.issuer)
+
+
+def test_container_swap_between_files_refused(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    world.store.install_policy(world.policy(), actor="a", now=NOW, host=HOST)
+    installed = world.home.layout.models / "m1"
+    manifest = read_manifest(installed)
+    a, b = (installed / f.container for f in manifest.files[:2])
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    a.write_bytes(data_b)
+    b.write_bytes(data_a)
+    status = world.store.status("m1", now=NOW, host=HOST)
+    assert not status.integrity_ok and status.reason_code == "TAMPERED"
+    # Even when the manifest hashes are bypassed, the containers authenticate their names.
+    _, key = unseal_package_key(tmp_path / "pkg", world.issuer)
+    with pytest.raises(TamperedError):
+        decrypt_package(installed, manifest, key)
+
+
+@pytest.mark.parametrize("where", ["header", "middle", "tail"])
+def test_flipped_byte_in_installed_container(tmp_path: Path, where: str) -> None:
+    world = make_world(tmp_path)
+    world.store.install_policy(world.policy(), actor="a", now=NOW, host=HOST)
+    manifest = read_manifest(world.home.layout.models / "m1")
+    big = next(f for f in manifest.files if f.name == "model.safetensors")
+    path = world.home.layout.models / "m1" / big.container
+    blob = bytearray(path.read_bytes())
+    pos = {"header": 20, "middle": len(blob) // 2, "tail": len(blob) - 3}[where]
+    blob[pos] ^= 0x80
+    path.write_bytes(bytes(blob))
+    status = world.store.status("m1", now=NOW, host=HOST)
+    assert (status.unlockable, status.reason_code) == (False, "TAMPERED")
+    with pytest.raises(TamperedError):
+        world.store.open_model("m1", user="u", role="staff", now=NOW, host=HOST)
+    entry = world.home.audit.tail(1)[0]
+    assert (entry.action, entry.outcome, entry.reason) == ("model.unlock", "refused", "TAMPERED")
+
+
+def test_install_refuses_tampered_package_with_reason(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "pkg", copy)
+    manifest = Manifest.from_bytes((copy / "manifest.json").read_bytes())
+    target = copy / manifest.files[0].container
+    target.write_bytes(target.read_bytes()[:-1])
+    home2 = make_world(tmp_path / "w2").home
+    from secure.models import ModelStore
+
+    with pytest.raises(TamperedError):
+        ModelStore(home2).install_package(copy, actor="admin", now=NOW + DAY)
+    entry = home2.audit.tail(1)[0]
+    assert (entry.action, entry.outcome, entry.reason) == ("model.install", "refused", "TAMPERED")
+    assert "hash differs" in entry.details["detail"] or "structural" in entry.details["detail"]
