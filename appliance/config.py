@@ -85,8 +85,14 @@ class Settings(BaseSettings):
         description="directory of secret files (e.g. /run/secrets): 'passphrase' holds the root "
         "key passphrase",
     )
-    security: SecuritySettings = Field(default_factory=SecuritySettings)  # type: ignore[arg-type]
-    users: UserSettings = Field(default_factory=UserSettings)  # type: ignore[arg-type]
+    security: SecuritySettings = Field(
+        default_factory=SecuritySettings,  # type: ignore[arg-type]
+        description="keys, policies, trusted time and the audit log",
+    )
+    users: UserSettings = Field(
+        default_factory=UserSettings,  # type: ignore[arg-type]
+        description="accounts, passwords and lockout",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The product on its embedded defaults, in a demo home under ./.home (never used in production):
+# creates the home, an admin account, an issuer, a small locally built model, packages it
+# encrypted, issues a signed policy for this appliance, installs both and verifies them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${VENV:-.venv}
+export PATH="$PWD/$venv/bin:$PATH" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+demo=.home
+mkdir -p "$demo/secrets" && chmod 700 "$demo" "$demo/secrets"
+export APPLIANCE_HOME="$PWD/$demo/appliance"
+secret() { [ -s "$1" ] || python -c 'import secrets; print(secrets.token_urlsafe(18))' >"$1"; chmod 600 "$1"; }
+secret "$demo/secrets/passphrase"; secret "$demo/secrets/issuer-passphrase"; secret "$demo/secrets/admin-password"
+export APPLIANCE_PASSPHRASE="$(cat "$demo/secrets/passphrase")"
+export APPLIANCE_ISSUER_PASSPHRASE="$(cat "$demo/secrets/issuer-passphrase")"
+
+if [ ! -e "$APPLIANCE_HOME/keys/root.sealed" ]; then
+  appliance init --admin-user admin --admin-password-file "$demo/secrets/admin-password"
+  appliance issuer init "$demo/issuer" --name demo-vendor
+  python -m scripts.build_demo_model "$demo/model-src"
+  appliance model package "$demo/model-src" --name demo-qwen --issuer-pub "$demo/issuer/issuer.pub" --out "$demo/model-pkg"
+  rm -rf "$demo/model-src"   # the vendor keeps plaintext weights; the appliance never needs them
+  appliance identity export --out "$demo/identity.json"
+  appliance policy issue --issuer "$demo/issuer" --identity "$demo/identity.json" \
+    --package "$demo/model-pkg" --roles staff,admin --not-before now --not-after "$(date -u -d '+90 days' +%FT%TZ)" \
+    --max-offline 30d --out "$demo/policy.json"
+  appliance model install "$demo/model-pkg"
+  appliance policy install "$demo/policy.json"
+fi
+echo
+echo "== appliance model verify demo-qwen"; appliance model verify demo-qwen
+echo "== appliance model list";             appliance model list
+echo "== appliance keys status";            appliance keys status
+echo "== appliance users list";             appliance users list
+echo "== appliance audit verify";           appliance audit verify
+echo "== appliance audit tail";             appliance audit tail -n 8
+echo
+echo "Demo home: $APPLIANCE_HOME (secrets in $demo/secrets; admin user 'admin')."
+echo "Try: export APPLIANCE_HOME=$APPLIANCE_HOME APPLIANCE_PASSPHRASE=\$(cat $demo/secrets/passphrase); $venv/bin/appliance --help"
