@@ -232,9 +232,9 @@ def _encrypt_one(
         writer = _HashingWriter(dst)
         encrypt_stream(
             src,
-            writer,
+            writer,  # type: ignore[arg-type]  # a write-only, hashing file object
             data_key=data_key,
-            object_id=package_id,  # type: ignore[arg-type]
+            object_id=package_id,
             name=rel,
             key_id=KEY_ID,
             size=size,

@@ -29,18 +29,19 @@ def keys() -> None:
 def keys_status(ctx: CliContext, as_json: bool) -> None:
     """Current and minimum key versions and the key stores that use them."""
     ring = open_home(ctx).secure.keyring
+    stores = [str(p) for p in ring.stores()]
     info = {
         "current": ring.current_version,
         "minimum": ring.min_version,
         "versions": ring.versions,
-        "stores": [str(p) for p in ring.stores()],
+        "stores": stores,
     }
     if as_json:
         emit_json(info)
         return
     click.echo(
         f"kek versions {info['versions']}, current {ring.current_version}, "
-        f"minimum {ring.min_version}, {len(info['stores'])} key stores"
+        f"minimum {ring.min_version}, {len(stores)} key stores"
     )
 
 

@@ -106,8 +106,8 @@ def model_list(ctx: CliContext, as_json: bool) -> None:
         click.echo(
             f"{r['name']}: integrity {r['integrity']}, policy {r['policy'] or '-'}, "
             f"valid until {r['valid_until'] or '-'}, binding {r['host_binding']}, "
-            f"roles {','.join(r['roles']) or '-'}: {state}"
-        )  # type: ignore[arg-type]
+            f"roles {','.join(r['roles']) or '-'}: {state}"  # type: ignore[arg-type]
+        )
 
 
 @model.command("verify")

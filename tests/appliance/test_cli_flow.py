@@ -1,4 +1,4 @@
-"""The foundation's "Done when", as a new user types it: the real `appliance` CLI in subprocesses."""
+"""The foundation's "Done when" as a new user types it: the real CLI in subprocesses."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ HOST = HostContext(
 
 def write_model_dir(path: Path, *, seed: int = 0, big: int = 3 * 1024 * 1024 + 17) -> Path:
     """A model-shaped directory: a multi-chunk weights file plus small JSON files."""
-    rnd = os.urandom if seed < 0 else (lambda n: (bytes([seed % 251]) * n))
+    rnd = os.urandom if seed < 0 else (lambda n: bytes([seed % 251]) * n)
     path.mkdir(parents=True)
     (path / "model.safetensors").write_bytes(os.urandom(big) if seed == 0 else rnd(big))
     (path / "config.json").write_text('{"model_type": "qwen2", "hidden_size": 64}')
@@ -47,23 +47,38 @@ class World:
     def identity(self, host: HostContext = HOST) -> PublicIdentity:
         return self.home.public_identity(host, now=NOW)
 
-    def policy(self, *, serial: int = 1, not_before: int = NOW - DAY,
-               not_after: int = NOW + 30 * DAY, roles: tuple[str, ...] = ("staff",),
-               users: tuple[str, ...] = (), max_offline_s: int | None = None,
-               issued_at: int = NOW - DAY, identity: PublicIdentity | None = None,
-               issuer: IssuerKey | None = None, host_k: int | None = None) -> bytes:
+    def policy(
+        self,
+        *,
+        serial: int = 1,
+        not_before: int = NOW - DAY,
+        not_after: int = NOW + 30 * DAY,
+        roles: tuple[str, ...] = ("staff",),
+        users: tuple[str, ...] = (),
+        max_offline_s: int | None = None,
+        issued_at: int = NOW - DAY,
+        identity: PublicIdentity | None = None,
+        issuer: IssuerKey | None = None,
+        host_k: int | None = None,
+    ) -> bytes:
         manifest, key = unseal_package_key(self.pkg, self.issuer)
         return issue_policy(
-            issuer or self.issuer, identity=identity or self.identity(),
+            issuer or self.issuer,
+            identity=identity or self.identity(),
             grants=[(manifest.model, manifest.package_id, manifest.sha256, key, roles, users)],
-            serial=serial, issued_at=issued_at, not_before=not_before, not_after=not_after,
-            max_offline_s=max_offline_s, host_k=host_k,
+            serial=serial,
+            issued_at=issued_at,
+            not_before=not_before,
+            not_after=not_after,
+            max_offline_s=max_offline_s,
+            host_k=host_k,
         )
 
 
 def make_home(root: Path, *, now: int = NOW) -> UnlockedHome:
-    return create_home(HomeLayout(root), "pass phrase for tests", now=now, actor="test",
-                       params=FAST_KDF)
+    return create_home(
+        HomeLayout(root), "pass phrase for tests", now=now, actor="test", params=FAST_KDF
+    )
 
 
 def make_world(tmp: Path, *, model_dir: Path | None = None, name: str = "m1") -> World:

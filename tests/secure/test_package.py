@@ -25,8 +25,11 @@ from .helpers import DAY, HOST, NOW, make_world, write_model_dir
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_round_trip_and_source_untouched(tmp_path: Path) -> None:
@@ -47,8 +50,7 @@ def test_no_plaintext_in_package(tmp_path: Path) -> None:
     (src / "secret.txt").write_bytes(b"CANARY-" + os.urandom(16).hex().encode())
     canary = (src / "secret.txt").read_bytes()
     weights = (src / "model.safetensors").read_bytes()
-    package_model(src, tmp_path / "pkg", name="m", issuer=IssuerKey.generate("v").public(),
-                  now=NOW)
+    package_model(src, tmp_path / "pkg", name="m", issuer=IssuerKey.generate("v").public(), now=NOW)
     for path in (tmp_path / "pkg").rglob("*"):
         if path.is_file():
             blob = path.read_bytes()
@@ -70,8 +72,7 @@ def test_refuses_existing_output_and_output_inside_source(tmp_path: Path) -> Non
 
 def test_wrong_issuer_cannot_unseal(tmp_path: Path) -> None:
     src = write_model_dir(tmp_path / "src")
-    package_model(src, tmp_path / "pkg", name="m", issuer=IssuerKey.generate("a").public(),
-                  now=NOW)
+    package_model(src, tmp_path / "pkg", name="m", issuer=IssuerKey.generate("a").public(), now=NOW)
     with pytest.raises(SecureError) as info:
         unseal_package_key(tmp_path / "pkg", IssuerKey.generate("b"))
     assert info.value.code == "WRONG_ISSUER"
@@ -124,7 +125,7 @@ def test_flipped_byte_in_installed_container(tmp_path: Path, where: str) -> None
 
 
 def test_install_refuses_tampered_package_with_reason(tmp_path: Path) -> None:
-    world = make_world(tmp_path)
+    make_world(tmp_path)
     copy = tmp_path / "copy"
     shutil.copytree(tmp_path / "pkg", copy)
     manifest = Manifest.from_bytes((copy / "manifest.json").read_bytes())
