@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -9,9 +10,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from secure.errors import SecureError, TamperedError
-from secure.issuer import IssuerKey
+from secure.issuer import IssuerKey, IssuerPublic
 from secure.package import (
     Manifest,
     decrypt_package,
@@ -139,3 +142,35 @@ def test_install_refuses_tampered_package_with_reason(tmp_path: Path) -> None:
     entry = home2.audit.tail(1)[0]
     assert (entry.action, entry.outcome, entry.reason) == ("model.install", "refused", "TAMPERED")
     assert "hash differs" in entry.details["detail"] or "structural" in entry.details["detail"]
+
+
+# ----- parser fuzzing: manifest and issuer public key -------------------------------------
+
+
+_VALID: dict[str, bytes] = {}
+
+
+def _valid_manifest(tmp: Path) -> bytes:
+    if "m" not in _VALID:
+        src = write_model_dir(tmp / "src", big=1000)
+        package_model(src, tmp / "pkg", name="m", issuer=IssuerKey.generate("v").public(), now=1)
+        _VALID["m"] = (tmp / "pkg" / "manifest.json").read_bytes()
+        _VALID["pub"] = IssuerKey.generate("v").public().to_bytes()
+    return _VALID["m"]
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_fuzz_manifest_and_issuer_parsers(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    valid = _valid_manifest(tmp_path_factory.mktemp("fz"))
+    for parse, seed in ((Manifest.from_bytes, valid), (IssuerPublic.from_bytes, _VALID["pub"])):
+        raw = bytearray(seed)
+        for _ in range(data.draw(st.integers(1, 3))):
+            raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+        for candidate in (bytes(raw), data.draw(st.binary(max_size=512))):
+            with contextlib.suppress(SecureError):
+                parse(candidate)
