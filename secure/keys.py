@@ -53,6 +53,7 @@ LABEL_QUESTION_HMAC = "kapp/v1 question-hmac"
 LABEL_IDENTITY_SEAL = "kapp/v1 identity-seal"
 LABEL_KEYRING = "kapp/v1 keyring"
 LABEL_KEYRING_MAC = "kapp/v1 keyring-mac"
+LABEL_CONTENT_HMAC = "kapp/v1 content-hmac"  # keyed hashes of document contents (registry)
 LABELS = frozenset(
     {
         LABEL_STATE_MAC,
@@ -63,6 +64,7 @@ LABELS = frozenset(
         LABEL_IDENTITY_SEAL,
         LABEL_KEYRING,
         LABEL_KEYRING_MAC,
+        LABEL_CONTENT_HMAC,
     }
 )
 _HKDF_SALT = b"kapp/v1 ark-hkdf-salt"
