@@ -1,0 +1,1 @@
+"""Language-model serving: weights built from decrypted in-memory buffers, never from files."""
