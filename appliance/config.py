@@ -69,6 +69,62 @@ class UserSettings(_Section):
     )
 
 
+class IngestSettings(_Section):
+    mode: Literal["inbox", "mirror"] = Field(
+        "inbox",
+        description="inbox: originals move into the encrypted vault and leave the drop folder; "
+        "mirror: the drop folder is a live source (e.g. a mounted share) and is never changed",
+    )
+    drop_dir: Path | None = Field(
+        None, description="the drop folder (default <home>/drop); one sub-folder per group"
+    )
+    settle_s: float = Field(
+        2.0, ge=0, description="a file is picked up once unchanged for this many seconds"
+    )
+    watch_interval_s: float = Field(
+        2.0, gt=0, description="how often `ingest --watch` rescans besides file events"
+    )
+    max_file_mb: int = Field(200, ge=1, description="larger files are quarantined as oversized")
+    timeout_s: float = Field(120.0, gt=0, description="time limit for parsing one file")
+    max_pages: int = Field(2000, ge=1, description="pages parsed per document at most")
+    ocr: bool = Field(True, description="OCR pages without text and images (needs Tesseract)")
+    ocr_languages: str = Field("eng+chi_sim", description="Tesseract language codes")
+    chunk_max_tokens: int = Field(
+        256, ge=32, description="chunk size in the embedder's tokens (its limit is a ceiling)"
+    )
+    chunk_overlap_tokens: int = Field(32, ge=0, description="overlap between chunks")
+    parse_ahead: int = Field(
+        2, ge=1, le=8, description="files parsed in child processes while another one embeds"
+    )
+
+
+class MilvusSettings(_Section):
+    uri: str = Field(
+        "",
+        description="Milvus URI: empty for Milvus Lite in <home>/milvus/chunks.db, or a server "
+        "such as http://milvus:19530",
+    )
+    token: str = Field("", description="Milvus token (user:password) for a server")
+    collection: str = Field("chunks", description="collection name")
+
+
+class EmbeddingSettings(_Section):
+    model: str = Field(
+        "bundled",
+        description="'bundled' (all-MiniLM-L6-v2, English) or a local sentence-transformers "
+        "directory",
+    )
+    device: str = Field("cpu", description="cpu or cuda")
+    batch_size: int = Field(32, ge=1, description="texts per embedding batch")
+
+
+class RetrievalSettings(_Section):
+    top_k: int = Field(8, ge=1, le=100, description="passages returned per question")
+    candidates: int = Field(
+        50, ge=1, le=1000, description="results fetched from each retriever before fusion"
+    )
+
+
 class Settings(BaseSettings):
     """All settings of one appliance home."""
 
@@ -93,6 +149,30 @@ class Settings(BaseSettings):
         default_factory=UserSettings,  # type: ignore[arg-type]
         description="accounts, passwords and lockout",
     )
+    ingest: IngestSettings = Field(
+        default_factory=IngestSettings,  # type: ignore[arg-type]
+        description="the drop folder, parsing and chunking",
+    )
+    milvus: MilvusSettings = Field(
+        default_factory=MilvusSettings,  # type: ignore[arg-type]
+        description="where chunks are stored",
+    )
+    embedding: EmbeddingSettings = Field(
+        default_factory=EmbeddingSettings,  # type: ignore[arg-type]
+        description="the embedding model",
+    )
+    retrieval: RetrievalSettings = Field(
+        default_factory=RetrievalSettings,  # type: ignore[arg-type]
+        description="hybrid search",
+    )
+
+    @property
+    def drop_dir(self) -> Path:
+        return self.ingest.drop_dir or self.home / "drop"
+
+    @property
+    def milvus_uri(self) -> str:
+        return self.milvus.uri or str(self.home / "milvus" / "chunks.db")
 
     @classmethod
     def settings_customise_sources(
