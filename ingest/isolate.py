@@ -1,0 +1,197 @@
+"""Parse a file in a child process with a hard time limit and a memory limit.
+
+Parsers are large native-code stacks (qpdf, pdfminer on hostile input, LibreOffice, Tesseract)
+that can hang, crash or balloon on one bad file. The child runs in its own process group, so on
+timeout the parent kills it *and* the converters it started; whatever the child wrote to its
+scratch directory is deleted by the parent, even after a SIGKILL. Every failure comes back as a
+:class:`Rejected` with a code, never as a crash of the caller.
+
+Children come from a ``forkserver`` that has imported the parsers once (``ingest._parse_preload``):
+forking a clean single-threaded server costs milliseconds, where a fresh interpreter would pay
+seconds of imports per file, and forking the (threaded) caller itself would be unsafe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from ingest.elements import ParsedDocument
+from ingest.errors import DependencyMissing, IngestError, Rejected
+from ingest.parse import ParseLimits, parse_file
+from ingest.parse_tools import (
+    pandoc_path,
+    pdftoppm_path,
+    soffice_path,
+    tesseract_languages,
+    tesseract_path,
+)
+from ingest.scratch import private_scratch
+
+Parser = Callable[..., ParsedDocument]
+# "__main__" first: the server imports the caller's main module once, so forked children do not
+# re-run it (multiprocessing re-imports the main script in every child otherwise). As with any
+# multiprocessing program, a main *script* must guard its entry point with
+# ``if __name__ == "__main__":``.
+_PRELOAD = ["__main__", "ingest._parse_preload"]
+KILL_GRACE_S = 5.0
+STARTUP_TIMEOUT_S = 300.0  # a cold forkserver imports the parser stacks once (seconds)
+
+
+def parse_isolated(
+    path: Path, *, limits: ParseLimits, parser: Parser = parse_file
+) -> ParsedDocument:
+    """Run ``parser(path, limits=limits)`` in a child process; raises :class:`Rejected`.
+
+    ``parser`` must be a module-level function (it is sent to the child by reference); tests
+    use it to simulate hangs and crashes. `DependencyMissing` is re-raised as such: it is a
+    problem of the installation, not of the file.
+    """
+    context = _context()
+    scratch = private_scratch("ingest-child-")  # 0700, on /dev/shm when available
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(
+        target=_child_main, args=(sender, parser, str(path), limits, str(scratch)), daemon=True
+    )
+    try:
+        process.start()
+        sender.close()
+        # The clock starts when the child runs: a cold forkserver's imports do not count.
+        started = _wait(receiver, STARTUP_TIMEOUT_S)
+        outcome = _wait(receiver, limits.timeout_s) if started == ("started",) else started
+    finally:
+        _stop(process)
+        receiver.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return _unpack(outcome, process.exitcode, limits)
+
+
+def _context() -> Any:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_PRELOAD)
+    return context
+
+
+def _wait(receiver: Connection, timeout_s: float) -> tuple[Any, ...] | None:
+    """The child's message; None on timeout; ("died",) when it exited without one."""
+    if not receiver.poll(timeout_s):
+        return None
+    try:
+        return tuple(receiver.recv())
+    except (EOFError, OSError):
+        return ("died",)
+
+
+def _stop(process: Any) -> None:
+    """Kill the child's whole process group (converters, OCR) and reap the child."""
+    if process.pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    process.join(KILL_GRACE_S)
+
+
+def _unpack(
+    outcome: tuple[Any, ...] | None, exitcode: int | None, limits: ParseLimits
+) -> ParsedDocument:
+    if outcome is None:
+        raise Rejected(
+            f"Parsing took longer than {limits.timeout_s:g} s and was stopped.",
+            code="timeout",
+            hint="Split the file, or raise the parse timeout in the ingest settings.",
+        )
+    if outcome[0] == "ok":
+        document: ParsedDocument = outcome[1]
+        return document
+    if outcome[0] == "error":
+        _, kind, code, message, hint = outcome
+        if kind == "DependencyMissing":
+            raise DependencyMissing(message, hint=hint)
+        raise Rejected(message, code=code, hint=hint)
+    raise Rejected(_death_message(exitcode, limits), code="parse-error")
+
+
+def _death_message(exitcode: int | None, limits: ParseLimits) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name if -exitcode in signal.valid_signals() else "?"
+        if -exitcode == signal.SIGKILL:
+            memory = limits.max_memory_bytes / 2**30
+            return (
+                f"The parser process was killed ({name}); most likely it ran out of memory "
+                f"(limit {memory:g} GiB)."
+            )
+        return f"The parser process crashed ({name}) inside a native library on this file."
+    return f"The parser process exited (code {exitcode}) without returning a result."
+
+
+def _child_main(
+    sender: Connection, parser: Parser, path: str, limits: ParseLimits, scratch: str
+) -> None:
+    """Entry point of the child: own process group, memory cap, private temp dir, one parse."""
+    os.setsid()
+    _limit_memory(limits.max_memory_bytes)
+    tempfile.tempdir = scratch
+    os.environ["TMPDIR"] = scratch  # for LibreOffice, Tesseract and pandoc too
+    sender.send(("started",))
+    try:
+        message: tuple[Any, ...] = ("ok", parser(Path(path), limits=limits))
+    except IngestError as exc:
+        message = ("error", type(exc).__name__, exc.code, exc.message, exc.hint)
+    except MemoryError:
+        memory = f"{limits.max_memory_bytes / 2**30:g} GiB"
+        message = ("error", "Rejected", "oversized", f"Parsing needed more than {memory}.", "")
+    except BaseException as exc:  # noqa: BLE001 - the parent must get an answer, whatever happened
+        detail = " ".join(str(exc).split())[:300]
+        message = ("error", "Rejected", "parse-error", f"{type(exc).__name__}: {detail}", "")
+    try:
+        sender.send(message)
+    except MemoryError:
+        sender.send(("error", "Rejected", "oversized", "The parsed document is too large.", ""))
+    finally:
+        sender.close()
+
+
+def _limit_memory(limit: int) -> None:
+    import resource
+
+    if limit > 0:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def system_capabilities() -> dict[str, bool | str]:
+    """Which optional tools this host has, for `appliance status` and operator warnings."""
+    languages = tesseract_languages()
+    return {
+        "tesseract": tesseract_path() is not None,
+        "tesseract_version": _tesseract_version(),
+        "tesseract_languages": ",".join(sorted(languages)),
+        "ocr_english": "eng" in languages,
+        "ocr_chinese": "chi_sim" in languages,
+        "libreoffice": soffice_path() is not None,
+        "pdftoppm": pdftoppm_path() is not None,
+        "pandoc": pandoc_path() is not None,
+    }
+
+
+def _tesseract_version() -> str:
+    exe = tesseract_path()
+    if exe is None:
+        return ""
+    try:
+        done = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    first = (done.stdout or done.stderr).splitlines()
+    return first[0].strip() if first else ""
