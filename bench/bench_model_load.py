@@ -1,18 +1,27 @@
 """Model-load benchmark: encrypted package -> resident state dict, versus plaintext safetensors.
 
-Builds a ~1 GB model from a Qwen2-0.5B-shaped config (random bf16 weights, tied embeddings),
-packages it with `secure.package`, then alternates N rounds, each side in a fresh subprocess:
+Builds a ~1 GB model from a Qwen2-0.5B-shaped config (random bf16 weights, tied embeddings) and
+packages it with `secure.package`. Each round then runs every side in a fresh subprocess, first
+with a warm page cache (every file just read) and then a cold one (every file evicted with
+``posix_fadvise(DONTNEED)`` after ``fsync``, checked with ``cachestat``), rotating the order of
+the sides from round to round so that background load hits all of them alike:
 
-* encrypted: read the installed package's manifest, open its sealed data key, decrypt every
-  container straight into preallocated bytearrays (`decrypt_package`), build the state dict as
-  zero-copy views (`appliance.llm.safetensors_mem`), touch every page;
-* plaintext: `safetensors.torch.load_file` (which maps the file lazily and returns in
-  milliseconds), then touch every page, so both clocks stop only once every byte is resident.
+* encrypted: read the manifest, open the sealed data key, ``decrypt_package`` (anonymous maps,
+  batched prefaulting, direct reads of cold files), zero-copy tensor views, touch every page;
+* encrypted_before: the same with the previous buffers and reads (zero-filled bytearrays,
+  reads always through the page cache), for a before/after under the same load;
+* plaintext: ``safetensors.torch.load_file`` (maps the file lazily, as ``from_pretrained`` does
+  on CPU), then touch every page. The honest baseline: what a plaintext load really costs;
+* plaintext_copy: ``load_file``, then every tensor cloned into private memory and the map
+  dropped. Not what a plaintext load does, but the least that any loader pays once the weights
+  must live in the process's own memory, which an encrypted load cannot avoid.
 
-"Touch" reads one byte per 4 KiB page of every tensor (and its last byte): the smallest work that
-makes every page resident, the same on both sides. Peak RSS is each child's own ``ru_maxrss``.
+"Touch" reads one byte per 4 KiB page of every tensor (and its last byte), the same on all
+sides, so no clock stops before every byte is resident. Each child reports its wall and CPU
+seconds (user + system, all threads) for the timed part, its VmHWM (peak RSS) and its RSS
+before the timed part; the parent reports medians, ratios of medians and the load average.
 
-    python bench/bench_model_load.py [--rounds 3] [--cache warm|cold] [--workdir DIR] [--out F]
+    python bench/bench_model_load.py [--rounds 5] [--cache both|warm|cold] [--workdir DIR]
 
 Goal (issue): ratio of medians <= 1.10, peak RSS <= 1.3x the model size.
 """
@@ -20,10 +29,11 @@ Goal (issue): ratio of medians <= 1.10, peak RSS <= 1.3x the model size.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
-import mmap
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -38,8 +48,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 PAGE = 4096
-SIDES = ("encrypted", "plaintext", "encrypted_mmap")
+SIDES = ("encrypted", "encrypted_before", "plaintext", "plaintext_copy")
+CACHES = ("warm", "cold")
 MODEL_NAME = "bench-qwen2-0_5b"
+SEED_FILE = "issuer.seed"  # a throw-away bench issuer, kept so that --workdir can be reused
 QWEN2_05B: dict[str, Any] = {
     "hidden_size": 896,
     "num_hidden_layers": 24,
@@ -92,7 +104,39 @@ def package(model_dir: Path, pkg_dir: Path) -> bytes:
     return seed
 
 
-def drop_page_cache(paths: list[Path]) -> None:
+def prepare(workdir: Path) -> tuple[bytes, int, dict[str, float]]:
+    """Build and package the model, or reuse a workdir that a previous run prepared."""
+    seed_path = workdir / SEED_FILE
+    if seed_path.exists():
+        weights = _weight_bytes(workdir / "model" / "model.safetensors")
+        return bytes.fromhex(seed_path.read_text()), weights, {"reused": 1.0}
+    t0 = time.perf_counter()
+    weights = build_model(workdir / "model")
+    t1 = time.perf_counter()
+    seed = package(workdir / "model", workdir / "package")
+    seed_path.write_text(seed.hex())
+    return seed, weights, {"build": t1 - t0, "package": time.perf_counter() - t1}
+
+
+def _weight_bytes(path: Path) -> int:
+    with path.open("rb") as fh:
+        header_len = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(header_len))
+    return sum(
+        v["data_offsets"][1] - v["data_offsets"][0]
+        for k, v in header.items()
+        if k != "__metadata__"
+    )
+
+
+def make_warm(paths: list[Path]) -> None:
+    for path in paths:
+        with path.open("rb") as fh:
+            while fh.read(8 << 20):
+                pass
+
+
+def make_cold(paths: list[Path]) -> None:
     """Evict these files' clean pages (no root needed), so a read really hits the disk."""
     for path in paths:
         fd = os.open(path, os.O_RDONLY)
@@ -101,6 +145,30 @@ def drop_page_cache(paths: list[Path]) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+class _Range(ctypes.Structure):
+    _fields_ = (("off", ctypes.c_uint64), ("len", ctypes.c_uint64))
+
+
+class _Stat(ctypes.Structure):
+    _fields_ = tuple((name, ctypes.c_uint64) for name in ("cache", "dirty", "wb", "ev", "rev"))
+
+
+def cached_bytes(paths: list[Path]) -> int | None:
+    """Bytes of these files in the page cache (Linux >= 6.5 ``cachestat``), None if unknown."""
+    total = 0
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            span, stat = _Range(0, 0), _Stat()
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.syscall(451, fd, ctypes.byref(span), ctypes.byref(stat), 0) != 0:
+                return None
+            total += stat.cache * PAGE
+        finally:
+            os.close(fd)
+    return total
 
 
 # -- children -------------------------------------------------------------------------------------
@@ -118,38 +186,17 @@ def touch(state: dict[str, Any]) -> int:
     return total
 
 
-def child_encrypted(workdir: Path, seed: bytes, threads: int) -> dict[str, Any]:
-    from appliance.llm.safetensors_mem import state_dict_from_files
-    from secure.issuer import IssuerKey
-    from secure.package import decrypt_package, read_manifest, unseal_package_key
-
-    pkg = workdir / "package"
-    issuer = IssuerKey(seed, "bench")
-    baseline = _rss("VmRSS")
-    start = time.perf_counter()
-    manifest = read_manifest(pkg)
-    _manifest, data_key = unseal_package_key(pkg, issuer)
-    files = decrypt_package(pkg, manifest, data_key, threads=threads)
-    state = state_dict_from_files(files)
-    checksum = touch(state)
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "checksum": checksum, "baseline_rss": baseline}
-
-
-def _decrypt_to_mmap(pkg: Path, manifest: Any, data_key: bytes, threads: int) -> dict[str, Any]:
-    """What-if: like `decrypt_package`, but into MAP_POPULATE anonymous maps, not bytearrays.
-
-    ``bytearray(n)`` memsets its n bytes (a full extra write pass, page fault by page fault);
-    MAP_POPULATE faults the whole range in one kernel call and needs no memset.
-    """
+def _decrypt_before(pkg: Path, manifest: Any, data_key: bytes, threads: int) -> dict[str, Any]:
+    """The previous ``decrypt_package``: zero-filled bytearrays, reads always buffered."""
+    from secure import _membuf
     from secure.container import Container
     from secure.package import verify_manifest_mac
 
+    _membuf.bypass_cache_if_cold = lambda fd, size: False
     verify_manifest_mac(pkg, manifest, data_key)
-    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE
     out: dict[str, Any] = {}
     for entry in manifest.files:
-        buf: Any = mmap.mmap(-1, entry.size, flags=flags) if entry.size else bytearray()
+        buf = bytearray(entry.size)
         out[entry.name] = buf
         Container.open(pkg / entry.container).decrypt_into(
             data_key,
@@ -161,33 +208,58 @@ def _decrypt_to_mmap(pkg: Path, manifest: Any, data_key: bytes, threads: int) ->
     return out
 
 
-def child_encrypted_mmap(workdir: Path, seed: bytes, threads: int) -> dict[str, Any]:
+def child_encrypted(workdir: Path, seed: bytes, threads: int, before: bool) -> dict[str, Any]:
     from appliance.llm.safetensors_mem import state_dict_from_files
     from secure.issuer import IssuerKey
-    from secure.package import read_manifest, unseal_package_key
+    from secure.package import decrypt_package, read_manifest, unseal_package_key
 
     pkg = workdir / "package"
     issuer = IssuerKey(seed, "bench")
-    baseline = _rss("VmRSS")
-    start = time.perf_counter()
+    clock = _Clock()
     manifest = read_manifest(pkg)
     _manifest, data_key = unseal_package_key(pkg, issuer)
-    files = _decrypt_to_mmap(pkg, manifest, data_key, threads)
-    state = state_dict_from_files(files)
-    checksum = touch(state)
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "checksum": checksum, "baseline_rss": baseline}
+    decrypt = _decrypt_before if before else decrypt_package
+    files: Any = decrypt(pkg, manifest, data_key, threads=threads)
+    decrypted = clock.wall()
+    checksum = touch(state_dict_from_files(files))
+    return {**clock.read(), "decrypt_seconds": decrypted, "checksum": checksum}
 
 
-def child_plaintext(workdir: Path) -> dict[str, Any]:
+def child_plaintext(workdir: Path, copy: bool) -> dict[str, Any]:
     import safetensors.torch
 
-    baseline = _rss("VmRSS")
-    start = time.perf_counter()
+    clock = _Clock()
     state = safetensors.torch.load_file(workdir / "model" / "model.safetensors")
+    if copy:
+        state = {name: tensor.clone() for name, tensor in state.items()}  # drops the map
     checksum = touch(state)
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "checksum": checksum, "baseline_rss": baseline}
+    return {**clock.read(), "checksum": checksum}
+
+
+class _Clock:
+    """Wall and CPU (user + system, every thread) seconds since creation, plus RSS then."""
+
+    def __init__(self) -> None:
+        self.baseline_rss = _rss("VmRSS")
+        self.loadavg = os.getloadavg()[0]
+        self._wall = time.perf_counter()
+        self._cpu = _cpu()
+
+    def wall(self) -> float:
+        return time.perf_counter() - self._wall
+
+    def read(self) -> dict[str, Any]:
+        return {
+            "seconds": self.wall(),
+            "cpu_seconds": _cpu() - self._cpu,
+            "baseline_rss": self.baseline_rss,
+            "loadavg_1min": self.loadavg,
+        }
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _rss(field: str) -> int:
@@ -203,15 +275,14 @@ def _rss(field: str) -> int:
 
 
 def run_child(args: argparse.Namespace) -> None:
-    import torch  # noqa: F401  - imported before the baseline so both sides pay it outside
+    import torch  # noqa: F401  - imported before the clock on every side
 
     workdir = Path(args.workdir)
-    if args.child == "plaintext":
-        result = child_plaintext(workdir)
+    if args.child.startswith("plaintext"):
+        result = child_plaintext(workdir, copy=args.child == "plaintext_copy")
     else:
         seed = bytes.fromhex(sys.stdin.readline().strip())
-        child = child_encrypted if args.child == "encrypted" else child_encrypted_mmap
-        result = child(workdir, seed, args.threads)
+        result = child_encrypted(workdir, seed, args.threads, args.child == "encrypted_before")
     result["peak_rss"] = _rss("VmHWM")
     print(json.dumps(result))
 
@@ -244,13 +315,14 @@ def _environment(workdir: Path) -> dict[str, Any]:
         ),
         platform.processor(),
     )
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "memory_bytes": mem,
+        "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+        "transparent_hugepage": thp.read_text().strip() if thp.exists() else "?",
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "safetensors": safetensors.__version__,
@@ -272,70 +344,83 @@ def _filesystem(path: Path) -> str:
     return best[1]
 
 
-def _side_stats(rounds: list[dict[str, Any]], side: str, model_bytes: int) -> dict[str, Any]:
-    runs = [r[side] for r in rounds]
+def _side_stats(runs: list[dict[str, Any]], model_bytes: int) -> dict[str, Any]:
     return {
-        "seconds": [r["seconds"] for r in runs],
+        "seconds": [round(r["seconds"], 4) for r in runs],
         "median_s": statistics.median(r["seconds"] for r in runs),
+        "median_cpu_s": statistics.median(r["cpu_seconds"] for r in runs),
         "peak_rss_multiple": max(r["peak_rss"] for r in runs) / model_bytes,
         "peak_rss_above_baseline_multiple": max(r["peak_rss"] - r["baseline_rss"] for r in runs)
         / model_bytes,
     }
 
 
-def _summary(rounds: list[dict[str, Any]], model_bytes: int, cache: str) -> dict[str, Any]:
-    sides = [s for s in SIDES if s in rounds[0]]
-    stats = {side: _side_stats(rounds, side, model_bytes) for side in sides}
-    plain = stats["plaintext"]["median_s"]
+def _cache_summary(rounds: list[dict[str, Any]], cache: str, model_bytes: int) -> dict[str, Any]:
+    runs = [r[cache] for r in rounds if cache in r]
+    stats = {s: _side_stats([r[s] for r in runs], model_bytes) for s in SIDES if s in runs[0]}
+
+    def ratio(a: str, b: str, key: str = "median_s") -> float | None:
+        return stats[a][key] / stats[b][key] if a in stats and b in stats else None
+
+    loads = [r[s]["loadavg_1min"] for r in runs for s in stats]
     return {
-        "ratio_median_encrypted_over_plaintext": stats["encrypted"]["median_s"] / plain,
-        "goal_ratio": 1.10,
-        "peak_rss_multiple_encrypted": stats["encrypted"]["peak_rss_multiple"],
-        "goal_peak_rss_multiple": 1.3,
-        **(
-            {
-                "ratio_median_encrypted_mmap_over_plaintext": stats["encrypted_mmap"]["median_s"]
-                / plain
-            }
-            if "encrypted_mmap" in stats
-            else {}
+        "ratio_encrypted_over_plaintext": ratio("encrypted", "plaintext"),
+        "ratio_encrypted_over_plaintext_copy": ratio("encrypted", "plaintext_copy"),
+        "ratio_encrypted_before_over_plaintext": ratio("encrypted_before", "plaintext"),
+        "speedup_encrypted_over_before": ratio("encrypted_before", "encrypted"),
+        "cpu_ratio_encrypted_over_plaintext": ratio("encrypted", "plaintext", "median_cpu_s"),
+        "cpu_ratio_encrypted_over_plaintext_copy": ratio(
+            "encrypted", "plaintext_copy", "median_cpu_s"
         ),
+        "page_cache_bytes_before_children": sorted(
+            {r[s]["cached_bytes"] for r in runs for s in stats}, key=str
+        ),
+        "loadavg_1min_range": [min(loads), max(loads)],
         "sides": stats,
-        "checksums_equal": len({r[s]["checksum"] for r in rounds for s in sides}) == 1,
-        "page_cache": (
-            "warm for both sides: the files were just written and are re-read every round"
-            if cache == "warm"
-            else "cold for both sides: posix_fadvise(DONTNEED) on every file before every child"
-        ),
-        "rss_note": "peak = the child's VmHWM, including the interpreter and torch (baseline)",
     }
+
+
+def _summary(rounds: list[dict[str, Any]], model_bytes: int) -> dict[str, Any]:
+    caches = [c for c in CACHES if c in rounds[0]]
+    checksums = {r[c][s]["checksum"] for r in rounds for c in caches for s in SIDES if s in r[c]}
+    return {
+        "goal_ratio": 1.10,
+        "goal_peak_rss_multiple": 1.3,
+        **{cache: _cache_summary(rounds, cache, model_bytes) for cache in caches},
+        "checksums_equal": len(checksums) == 1,
+        "rss_note": "peak = the child's VmHWM, including the interpreter and torch (baseline) "
+        "and, on the plaintext side, the file pages it maps",
+    }
+
+
+def _round(i: int, args: argparse.Namespace, workdir: Path, seed: bytes) -> dict[str, Any]:
+    files = [p for d in ("model", "package") for p in (workdir / d).rglob("*") if p.is_file()]
+    shift = i % len(SIDES)
+    order = list(SIDES[shift:] + SIDES[:shift])
+    result: dict[str, Any] = {}
+    for cache in CACHES if args.cache == "both" else (args.cache,):
+        runs: dict[str, Any] = {"order": order}
+        for side in order:
+            (make_warm if cache == "warm" else make_cold)(files)
+            cached = cached_bytes(files)
+            runs[side] = {**_spawn(side, workdir, seed, args.threads), "cached_bytes": cached}
+        result[cache] = runs
+    return result
 
 
 def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     load_before = os.getloadavg()
-    t0 = time.perf_counter()
-    model_bytes = build_model(workdir / "model")
-    t1 = time.perf_counter()
-    seed = package(workdir / "model", workdir / "package")
-    t2 = time.perf_counter()
-    files = [p for d in ("model", "package") for p in (workdir / d).rglob("*") if p.is_file()]
+    seed, model_bytes, setup = prepare(workdir)
     rounds = []
     for i in range(args.rounds):
-        sides = SIDES if args.mmap_variant else SIDES[:2]
-        sides = sides if i % 2 == 0 else sides[::-1]
-        result: dict[str, Any] = {"order": list(sides)}
-        for side in sides:
-            if args.cache == "cold":
-                drop_page_cache(files)
-            result[side] = _spawn(side, workdir, seed, args.threads)
-        rounds.append(result)
-        print(f"round {i + 1}: {json.dumps(result)}", file=sys.stderr)
+        rounds.append(_round(i, args, workdir, seed))
+        print(f"round {i + 1}: {json.dumps(rounds[-1])}", file=sys.stderr)
     return {
         "benchmark": "model_load",
         "model": {"config": QWEN2_05B, "dtype": "bfloat16", "weight_bytes": model_bytes},
-        "setup_seconds": {"build": t1 - t0, "package": t2 - t1},
+        "setup_seconds": setup,
+        "summary": _summary(rounds, model_bytes),
         "rounds": rounds,
-        "summary": _summary(rounds, model_bytes, args.cache),
         "settings": {"rounds": args.rounds, "threads": args.threads, "cache": args.cache},
         "method": __doc__.split("\n\n")[1].strip() if __doc__ else "",
         "environment": {
@@ -348,22 +433,18 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--workdir", help="scratch dir (default: a temp dir deleted afterwards)")
+    parser.add_argument("--workdir", help="scratch dir, reused if prepared (default: a temp dir)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "model_load.json"))
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--cache", choices=("warm", "cold"), default="warm")
-    parser.add_argument(
-        "--mmap-variant",
-        action="store_true",
-        help="also time a what-if encrypted side that decrypts into MAP_POPULATE maps",
-    )
+    parser.add_argument("--cache", choices=("both", *CACHES), default="both")
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         run_child(args)
         return
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-load-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     try:
         report = run_bench(args, workdir)
     finally:

@@ -8,13 +8,15 @@ not AES, are what cost time on a 1 GB model (ARCHITECTURE.md), so nothing here c
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
+import mmap
 import os
 import queue
 import struct
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
@@ -24,6 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from . import _membuf
 from .errors import TamperedError
 
 KEY_LEN = 32
@@ -36,8 +39,12 @@ _MAC_INFO = b"kapp/v1 header-mac"
 _PAYLOAD_INFO = b"kapp/v1 payload"
 _ZEROS = bytes(1 << 20)
 _PREFETCH_DEPTH = 2
+#: Plaintext faulted in per ``prefault`` call: big enough that the system call is amortised,
+#: small enough that the pages are still in cache when the decryptor writes them.
+PREFAULT_BYTES = 8 << 20
 
 Chunks = Generator[tuple[int, memoryview], None, None]
+Prefault = Callable[[int, int], None]
 
 
 def check_key(data_key: Any) -> bytes:
@@ -228,43 +235,64 @@ class MemorySource:
 
 class FileSource:
     """Chunks are read with ``preadv`` into reusable buffers by a read-ahead thread, so reading
-    chunk i+1 overlaps decrypting chunk i (both release the GIL)."""
+    chunk i+1 overlaps decrypting chunk i (both release the GIL).
 
-    def __init__(self, fd: int, geometry: Geometry) -> None:
+    ``direct``: ``fd`` has O_DIRECT set (a file that is not in the page cache, see
+    ``_membuf.bypass_cache_if_cold``), so every read covers whole aligned blocks into an aligned
+    buffer and the chunk is a slice of it.
+    """
+
+    def __init__(self, fd: int, geometry: Geometry, *, direct: bool = False) -> None:
         self._fd = fd
         self.geometry = geometry
+        self._align = _membuf.DIRECT_ALIGN if direct else 1
 
-    def read(self, index: int, buf: bytearray) -> memoryview:
+    def buffer(self) -> bytearray | mmap.mmap:
+        """A buffer that :meth:`read` can fill with any one chunk."""
+        size = self.geometry.chunk_size + TAG_LEN
+        return bytearray(size) if self._align == 1 else _membuf.aligned(size + 2 * self._align)
+
+    def read(self, index: int, buf: bytearray | mmap.mmap) -> memoryview:
         start, end = self.geometry.cipher_span(index)
-        view = memoryview(buf)[: end - start]
+        lo, hi = start - start % self._align, -(-end // self._align) * self._align
+        view = memoryview(buf)[: hi - lo]
         done = 0
-        while done < len(view):
-            got = os.preadv(self._fd, [view[done:]], start + done)
+        while done < end - lo:  # a direct read may stop short at the end of the file
+            got = self._pread(view[done:], lo + done)
             if got == 0:
                 raise TamperedError("container", detail=f"file ended inside chunk {index}")
             done += got
-        return view
+        return view[start - lo : end - lo]
+
+    def _pread(self, view: memoryview, offset: int) -> int:
+        try:
+            return os.preadv(self._fd, [view], offset)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or self._align == 1:
+                raise
+        # The device wants a coarser alignment than DIRECT_ALIGN: read through the cache instead.
+        _membuf.clear_direct(self._fd)
+        return os.preadv(self._fd, [view], offset)
 
     def chunks(self, indices: range) -> Chunks:
-        size = self.geometry.chunk_size + TAG_LEN
         if len(indices) < 2:
-            buf = bytearray(size)
+            buf = self.buffer()
             for index in indices:
                 yield index, self.read(index, buf)
             return
-        yield from _read_ahead(self, indices, size)
+        yield from _read_ahead(self, indices)
 
 
-_Filled = tuple[int, bytearray, memoryview]
+_Filled = tuple[int, bytearray | mmap.mmap, memoryview]
 
 
-def _read_ahead(src: FileSource, indices: range, size: int) -> Chunks:
+def _read_ahead(src: FileSource, indices: range) -> Chunks:
     """Yield chunks while a reader thread fills the next buffers of a small rotating pool."""
     stop = threading.Event()
-    free: queue.Queue[bytearray] = queue.Queue()
+    free: queue.Queue[bytearray | mmap.mmap] = queue.Queue()
     full: queue.Queue[_Filled | Exception] = queue.Queue()
     for _ in range(_PREFETCH_DEPTH + 1):
-        free.put(bytearray(size))
+        free.put(src.buffer())
 
     def reader() -> None:
         try:
@@ -292,48 +320,67 @@ def _read_ahead(src: FileSource, indices: range, size: int) -> Chunks:
         thread.join()
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What every worker shares: the cipher, where chunks come from, where plaintext goes."""
+
+    cipher: ChunkCipher
+    source: Source
+    out: memoryview
+    base: int  # plaintext offset of ``out[0]``
+    prefault: Prefault | None
+    failed: threading.Event
+
+
 def decrypt_range(
-    cipher: ChunkCipher, source: Source, out: memoryview, indices: range, threads: int
+    cipher: ChunkCipher,
+    source: Source,
+    out: memoryview,
+    indices: range,
+    threads: int,
+    prefault: Prefault | None = None,
 ) -> None:
     """Decrypt chunks ``indices`` into ``out`` (which starts at the first chunk's plaintext).
 
-    Contiguous sub-ranges go to ``threads`` workers. Any failure wipes all of ``out`` before the
-    error propagates, so a caller never sees partial or altered plaintext.
+    Contiguous sub-ranges go to ``threads`` workers. ``prefault(start, end)``, if given, is called
+    by a worker on each segment of ``out`` it is about to write, so fresh pages are faulted in
+    by one batched call per segment, in parallel with the other workers (see ``_membuf``). Any
+    failure wipes all of ``out`` before the error propagates, so a caller never sees partial or
+    altered plaintext.
     """
-    stop = threading.Event()
     base = cipher.geometry.plain_span(indices.start)[0] if indices else 0
+    job = _Job(cipher, source, out, base, prefault, threading.Event())
     parts = _split(indices, threads)
     try:
         if len(parts) == 1:
-            _worker(cipher, source, out, base, parts[0], stop)
+            _worker(job, parts[0])
         else:
             with ThreadPoolExecutor(max_workers=len(parts)) as pool:
-                futures = [pool.submit(_worker, cipher, source, out, base, p, stop) for p in parts]
+                futures = [pool.submit(_worker, job, part) for part in parts]
                 for future in futures:
                     future.result()
     except BaseException:
-        stop.set()
+        job.failed.set()
         zero(out)
         raise
 
 
-def _worker(
-    cipher: ChunkCipher,
-    source: Source,
-    out: memoryview,
-    base: int,
-    indices: range,
-    failed: threading.Event,
-) -> None:
-    chunks = source.chunks(indices)
+def _worker(job: _Job, indices: range) -> None:
+    geo = job.cipher.geometry
+    chunks = job.source.chunks(indices)
+    faulted = 0  # plaintext offset up to which this worker has prefaulted ``out``
     try:
         for index, sealed in chunks:
-            if failed.is_set():
+            if job.failed.is_set():
                 return
-            start, end = cipher.geometry.plain_span(index)
-            cipher.decrypt_into(index, sealed, out[start - base : end - base])
+            start, end = geo.plain_span(index)
+            if job.prefault is not None and end > faulted:
+                lo, faulted = max(start, faulted), max(end, start + PREFAULT_BYTES)
+                faulted = min(faulted, geo.plain_span(indices[-1])[1])
+                job.prefault(lo - job.base, faulted - job.base)
+            job.cipher.decrypt_into(index, sealed, job.out[start - job.base : end - job.base])
     except BaseException:
-        failed.set()
+        job.failed.set()
         raise
     finally:
         chunks.close()

@@ -23,13 +23,14 @@ The wrapped copies of the data key live outside the container (keyring / policy)
 from __future__ import annotations
 
 import hmac
+import mmap
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from . import _aead
+from . import _aead, _membuf
 from ._encoding import b64d, b64e, canonical_json, field, parse_json_object
 from .errors import FormatError, TamperedError
 
@@ -333,25 +334,27 @@ class Container:
     def _decrypt(
         self, cipher: _aead.ChunkCipher, out: memoryview, indices: range, threads: int
     ) -> None:
+        prefault = _membuf.prefaulter(out)  # an anonymous map: fault it in segment by segment
+        source: _aead.Source
         if self._blob is not None:
-            _aead.decrypt_range(
-                cipher, _aead.MemorySource(self._blob, cipher.geometry), out, indices, threads
-            )
+            source = _aead.MemorySource(self._blob, cipher.geometry)
+            _aead.decrypt_range(cipher, source, out, indices, threads, prefault)
             return
         assert self._path is not None
         fd = os.open(self._path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
-            _check_total(self.header, os.fstat(fd).st_size)
-            _aead.decrypt_range(
-                cipher, _aead.FileSource(fd, cipher.geometry), out, indices, threads
-            )
+            total = os.fstat(fd).st_size
+            _check_total(self.header, total)
+            direct = len(indices) > 1 and _membuf.bypass_cache_if_cold(fd, total)
+            source = _aead.FileSource(fd, cipher.geometry, direct=direct)
+            _aead.decrypt_range(cipher, source, out, indices, threads, prefault)
         finally:
             os.close(fd)
 
     def decrypt_into(
         self,
         data_key: bytes,
-        out: memoryview | bytearray,
+        out: memoryview | bytearray | mmap.mmap,
         *,
         expect_object_id: str,
         expect_name: str,
@@ -359,7 +362,9 @@ class Container:
     ) -> None:
         """Verify and decrypt every chunk straight into ``out`` (exactly ``header.size`` bytes).
 
-        On any failure ``out`` is zeroed before the error is raised.
+        An anonymous map (``_membuf.allocate``) is faulted in segment by segment by the workers,
+        and a file that is not in the page cache is read past it (O_DIRECT). On any failure
+        ``out`` is zeroed before the error is raised.
         """
         view = _aead.writable_view(out, self.header.size)
         if threads < 1:

@@ -19,6 +19,7 @@ from .home import HostContext, UnlockedHome
 from .issuer import IssuerPublic
 from .package import (
     Manifest,
+    PlainBuffer,
     copy_package,
     decrypt_package,
     iter_integrity_problems,
@@ -64,7 +65,7 @@ class OpenedModel:
     policy: Policy
     grant: ModelGrant
     manifest: Manifest
-    files: dict[str, bytearray]
+    files: dict[str, PlainBuffer]
 
     def wipe(self) -> None:
         from .package import wipe_buffers

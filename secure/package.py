@@ -16,7 +16,6 @@ opened, and an installed package is checked without any key by the ciphertext ha
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import hmac
 import os
@@ -30,7 +29,9 @@ from typing import Any, BinaryIO
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from . import _membuf
 from ._encoding import b64d, b64e, canonical_json, field, parse_json_object
+from ._membuf import PlainBuffer
 from .container import Container, encrypt_stream
 from .errors import FormatError, SecureError, TamperedError
 from .issuer import IssuerKey, IssuerPublic
@@ -42,6 +43,8 @@ MANIFEST_MAC = "manifest.mac"
 FILES_DIR = "files"
 KEY_ID = "package"
 MAX_FILES = 4096
+#: Smaller files decrypt on the calling thread: starting workers would cost more than it saves.
+_PARALLEL_MIN_BYTES = 8 << 20
 _MANIFEST_FIELDS = {"type", "package_id", "model", "created_at", "issuer", "files", "sealed_key"}
 
 
@@ -320,41 +323,62 @@ def _sha256_file(path: Path) -> str:
 
 def decrypt_package(
     pkg_dir: Path, manifest: Manifest, data_key: bytes, *, threads: int = 0
-) -> dict[str, bytearray]:
-    """Decrypt every file straight into its own final buffer (no other plaintext copy)."""
+) -> dict[str, PlainBuffer]:
+    """Decrypt every file straight into its own final buffer (no other plaintext copy).
+
+    Each buffer is a private anonymous map (``_membuf``: not zero-filled first, faulted in by
+    the decrypt workers in batches, kept out of core dumps), or an empty bytearray for an empty
+    file. Either is a writable buffer: ``torch.frombuffer`` views it, :func:`wipe_buffers`
+    zeroes it. On any failure every buffer is zeroed before the error propagates (and unmapped
+    once nothing refers to it any more).
+    """
     verify_manifest_mac(pkg_dir, manifest, data_key)
     threads = threads or os.cpu_count() or 1
-    out: dict[str, bytearray] = {}
+    out: dict[str, PlainBuffer] = {}
     try:
         for entry in manifest.files:
-            container = Container.open(pkg_dir / entry.container)
-            header = container.header
-            if (header.object_id, header.name, header.size) != (
-                manifest.package_id,
-                entry.name,
-                entry.size,
-            ):
-                raise TamperedError("model package", detail=f"{entry.name}: header mismatch")
-            buf = bytearray(entry.size)
-            out[entry.name] = buf
-            container.decrypt_into(
-                data_key,
-                buf,
-                expect_object_id=manifest.package_id,
-                expect_name=entry.name,
-                threads=threads if entry.size > 8 << 20 else 1,
-            )
+            out[entry.name] = _decrypt_entry(pkg_dir, manifest, entry, data_key, threads)
     except BaseException:
-        wipe_buffers(out.values())
+        for buf in out.values():
+            _membuf.release(buf)
         raise
     return out
 
 
+def _decrypt_entry(
+    pkg_dir: Path, manifest: Manifest, entry: PackageFile, data_key: bytes, threads: int
+) -> PlainBuffer:
+    container = Container.open(pkg_dir / entry.container)
+    header = container.header
+    if (header.object_id, header.name, header.size) != (
+        manifest.package_id,
+        entry.name,
+        entry.size,
+    ):
+        raise TamperedError("model package", detail=f"{entry.name}: header mismatch")
+    buf = _membuf.allocate(entry.size)
+    try:
+        container.decrypt_into(  # wipes ``buf`` itself on a bad chunk
+            data_key,
+            buf,
+            expect_object_id=manifest.package_id,
+            expect_name=entry.name,
+            threads=threads if entry.size > _PARALLEL_MIN_BYTES else 1,
+        )
+    except BaseException:
+        _membuf.release(buf)
+        raise
+    return buf
+
+
 def wipe_buffers(buffers: Any) -> None:
-    """Zero plaintext buffers in place (no temporary copy of their size)."""
+    """Zero plaintext buffers in place (no temporary copy of their size).
+
+    Works on bytearrays and on the maps :func:`decrypt_package` returns, also while tensors still
+    view them; a map stays mapped (zeroed) until its last reference is dropped.
+    """
     for buf in buffers:
-        if len(buf):
-            ctypes.memset((ctypes.c_char * len(buf)).from_buffer(buf), 0, len(buf))
+        _membuf.wipe(buf)
 
 
 def copy_package(src: Path, dst: Path) -> None:
@@ -372,6 +396,7 @@ def copy_package(src: Path, dst: Path) -> None:
 __all__ = [
     "Manifest",
     "PackageFile",
+    "PlainBuffer",
     "copy_package",
     "decrypt_package",
     "iter_integrity_problems",
