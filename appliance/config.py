@@ -121,7 +121,7 @@ class EmbeddingSettings(_Section):
 class RetrievalSettings(_Section):
     top_k: int = Field(8, ge=1, le=100, description="passages returned per question")
     candidates: int = Field(
-        50, ge=1, le=1000, description="results fetched from each retriever before fusion"
+        100, ge=1, le=1000, description="results fetched from each retriever before fusion"
     )
 
 

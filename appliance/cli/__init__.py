@@ -18,6 +18,7 @@ from .. import __version__
 from ..errors import ApplianceError
 from ._context import CliContext
 from .admin_cmds import audit, keys, users
+from .docs_cmds import docs, eval_group, ingest, search
 from .init_cmds import identity, init, issuer
 from .model_cmds import model, policy
 
@@ -43,7 +44,20 @@ def cli(ctx: click.Context, home: Path | None, passphrase_file: Path | None) -> 
     ctx.obj = CliContext(home, passphrase_file)
 
 
-for command in (init, identity, issuer, model, policy, keys, audit, users):
+for command in (
+    init,
+    identity,
+    issuer,
+    model,
+    policy,
+    keys,
+    audit,
+    users,
+    ingest,
+    docs,
+    search,
+    eval_group,
+):
     cli.add_command(command)
 
 

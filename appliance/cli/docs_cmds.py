@@ -1,0 +1,360 @@
+"""`ingest`, `docs …`, `search`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import NotFound, UsageError
+from ._context import CliContext, emit_json, pass_ctx
+from ._open import open_home
+
+_json = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def knowledge(ctx: CliContext) -> tuple[Any, Any]:
+    """The unlocked home and its document services (imported lazily: they load Milvus)."""
+    from ..knowledge import Knowledge
+
+    app = open_home(ctx)
+    return app, Knowledge(app.settings, app.secure)
+
+
+def audit_events(app: Any, ctx: CliContext) -> Any:
+    from ..knowledge import AuditEvents
+
+    return AuditEvents(app.secure, actor=ctx.actor())
+
+
+class _Progress:
+    """A progress bar over files with pages and chunks as counters (stderr, terminals only)."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(unit="file", desc="ingest", file=sys.stderr, disable=None)
+        self.pages = self.chunks = self.failed = 0
+
+    def __call__(self, result: Any) -> None:
+        self.pages += result.pages
+        self.chunks += result.chunks
+        self.failed += result.outcome == "failed"
+        self.bar.update(1)
+        self.bar.set_postfix(pages=self.pages, chunks=self.chunks, failed=self.failed)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@click.command()
+@click.option(
+    "--once",
+    "mode",
+    flag_value="once",
+    default=True,
+    help="Process what is in the drop folder now, then exit (default).",
+)
+@click.option(
+    "--watch",
+    "mode",
+    flag_value="watch",
+    help="Keep watching the drop folder and process changes as they come.",
+)
+@_json
+@pass_ctx
+def ingest(ctx: CliContext, mode: str, as_json: bool) -> None:
+    """Index the drop folder (`<home>/drop/<group>/…`) into the knowledge base."""
+    app, kb = knowledge(ctx)
+    pipeline = kb.pipeline(events=audit_events(app, ctx))
+    settings = app.settings.ingest
+    if mode == "watch":
+        from ingest.watch import watch
+
+        click.echo(f"Watching {pipeline.drop} ({settings.mode} mode); Ctrl-C stops.", err=True)
+
+        def run_pass() -> None:
+            report = pipeline.run_once()
+            for f in report.files:
+                if f.outcome != "unchanged":
+                    click.echo(_line(f))
+
+        try:
+            watch(
+                pipeline.drop,
+                run_pass,
+                interval_s=settings.watch_interval_s,
+                settle_s=settings.settle_s,
+            )
+        except KeyboardInterrupt:
+            click.echo("Stopped.", err=True)
+        return
+    progress = _Progress()
+    try:
+        report = pipeline.run_once(progress=progress, settle=False)
+    finally:
+        progress.close()
+    if as_json:
+        emit_json(
+            {
+                "job": report.job_id,
+                "seconds": round(report.seconds, 3),
+                "totals": report.totals,
+                "files": [_file_dict(f) for f in report.files],
+            }
+        )
+        return
+    for f in report.files:
+        if f.outcome != "unchanged":
+            click.echo(_line(f))
+    t = report.totals
+    click.echo(
+        f"{t['indexed']} indexed, {t['unchanged']} unchanged, {t['failed']} quarantined, "
+        f"{t['deleted']} removed; {t['pages']} pages, {t['chunks']} chunks in "
+        f"{report.seconds:.1f} s."
+    )
+
+
+def _line(f: Any) -> str:
+    if f.outcome == "failed":
+        return f"quarantined {f.rel_path} [{f.code}]: {f.reason}"
+    if f.outcome == "indexed":
+        extra = f" ({'; '.join(f.warnings)})" if f.warnings else ""
+        return f"indexed {f.rel_path}: {f.pages} pages, {f.chunks} chunks{extra}"
+    return f"{f.outcome} {f.rel_path}"
+
+
+def _file_dict(f: Any) -> dict[str, Any]:
+    return {
+        "path": f.rel_path,
+        "outcome": f.outcome,
+        "doc_id": f.doc_id,
+        "group": f.group,
+        "code": f.code,
+        "reason": f.reason,
+        "pages": f.pages,
+        "chunks": f.chunks,
+        "warnings": list(f.warnings),
+        "stages": {k: round(v, 4) for k, v in f.stages.items()},
+    }
+
+
+@click.group()
+def docs() -> None:
+    """Documents in the knowledge base."""
+
+
+def _doc_dict(d: Any) -> dict[str, Any]:
+    return {
+        "id": d.doc_id,
+        "path": d.rel_path,
+        "group": d.group,
+        "status": d.status,
+        "source": d.source,
+        "version": d.version,
+        "format": d.format,
+        "size": d.size,
+        "pages": d.pages,
+        "chunks": d.chunks,
+        "error_code": d.error_code,
+        "error": d.error,
+        "warnings": [w for w in d.warnings.split("\n") if w],
+        "updated_at": d.updated_at,
+    }
+
+
+@docs.command("list")
+@click.option("--group", help="Only this group.")
+@click.option(
+    "--status", type=click.Choice(["indexed", "failed", "indexing"]), help="Only this status."
+)
+@_json
+@pass_ctx
+def docs_list(ctx: CliContext, group: str | None, status: str | None, as_json: bool) -> None:
+    """Documents with their group, status and size."""
+    _, kb = knowledge(ctx)
+    rows = [_doc_dict(d) for d in kb.registry.documents(group=group, status=status)]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("No documents.")
+    for r in rows:
+        tail = (
+            f"[{r['error_code']}] {r['error']}"
+            if r["status"] == "failed"
+            else f"{r['pages']} pages, {r['chunks']} chunks"
+        )
+        click.echo(f"{r['id']}  {r['status']:<8} {r['group']:<12} {r['path']}  {tail}")
+
+
+@docs.command("show")
+@click.argument("doc_id")
+@pass_ctx
+def docs_show(ctx: CliContext, doc_id: str) -> None:
+    """One document's record (JSON)."""
+    _, kb = knowledge(ctx)
+    doc = kb.registry.get(doc_id)
+    if doc is None:
+        raise NotFound(f"No document {doc_id}.", hint="See `appliance docs list`.")
+    info = _doc_dict(doc)
+    if doc.title_enc:
+        info["title"] = kb.cipher.open(f"title:{doc.doc_id}:{doc.version}", doc.title_enc).decode(
+            "utf-8"
+        )
+    emit_json(info)
+
+
+@docs.command("delete")
+@click.argument("doc_id")
+@pass_ctx
+def docs_delete(ctx: CliContext, doc_id: str) -> None:
+    """Remove a document: its chunks leave the index and its vault copy is deleted."""
+    app, kb = knowledge(ctx)
+    doc = kb.registry.get(doc_id)
+    if doc is None:
+        raise NotFound(f"No document {doc_id}.", hint="See `appliance docs list`.")
+    app.secure.record(
+        "document.delete",
+        actor=ctx.actor(),
+        now=ctx.now(),
+        object=doc_id,
+        details={"group": doc.group},
+    )
+    kb.pipeline().delete_document(doc_id)
+    click.echo(f"Deleted {doc_id} ({doc.rel_path}).")
+
+
+@docs.command("reindex")
+@click.argument("doc_id", required=False)
+@pass_ctx
+def docs_reindex(ctx: CliContext, doc_id: str | None) -> None:
+    """Parse, chunk and embed again one document (or all) from its stored original."""
+    app, kb = knowledge(ctx)
+    pipeline = kb.pipeline(events=audit_events(app, ctx))
+    targets = [doc_id] if doc_id else [d.doc_id for d in kb.registry.documents(status="indexed")]
+    for target in targets:
+        result = pipeline.reindex(target)
+        click.echo(_line(result))
+
+
+@click.command()
+@click.argument("question")
+@click.option("--user", "user_name", required=True, help="Search as this user (their groups).")
+@click.option("--limit", type=click.IntRange(1, 100), default=None, help="Passages to return.")
+@click.option(
+    "--mode", type=click.Choice(["hybrid", "dense", "sparse"]), default="hybrid", show_default=True
+)
+@_json
+@pass_ctx
+def search(
+    ctx: CliContext, question: str, user_name: str, limit: int | None, mode: str, as_json: bool
+) -> None:
+    """The passages USER may see that best answer QUESTION."""
+    app, kb = knowledge(ctx)
+    user = app.users.get(user_name)
+    if user.disabled:
+        raise UsageError(f"User {user_name} is disabled.")
+    from ..knowledge import effective_groups
+
+    groups = effective_groups(user.groups)
+    result = kb.retriever.search(
+        question,
+        groups=groups,
+        limit=limit or app.settings.retrieval.top_k,
+        mode=mode,
+    )
+    app.secure.record(
+        "search",
+        actor=f"user:{user.name}",
+        now=ctx.now(),
+        object=app.secure.audit.protect(question),
+        details={"results": len(result.passages), "mode": mode},
+    )
+    if as_json:
+        emit_json(
+            {
+                "question": question,
+                "user": user.name,
+                "groups": groups,
+                "trust": result.trust.__dict__ if result.trust else None,
+                "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
+                "passages": [p.to_dict() for p in result.passages],
+            }
+        )
+        return
+    if not result.passages:
+        click.echo("No passages found in documents this user may see.")
+    for i, p in enumerate(result.passages, 1):
+        where = f"p. {p.page_start}" if p.page_start else ""
+        section = " > ".join(p.section)
+        click.echo(f"[{i}] {p.document} ({p.group}) {where} {section}".rstrip())
+        click.echo("    " + p.text[:400].replace("\n", " ") + ("…" if len(p.text) > 400 else ""))
+
+
+__all__ = ["docs", "ingest", "search"]
+
+
+@click.group("eval")
+def eval_group() -> None:
+    """Measure the appliance on your own data."""
+
+
+@eval_group.command("retrieval")
+@click.option(
+    "--beir",
+    "folder",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    required=True,
+    help="A BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels/).",
+)
+@click.option(
+    "--max-queries",
+    type=click.IntRange(1),
+    default=None,
+    help="Score only the first N judged queries.",
+)
+@_json
+@pass_ctx
+def eval_retrieval(ctx: CliContext, folder: Path, max_queries: int | None, as_json: bool) -> None:
+    """nDCG@10, recall@10, MRR@10 and latency of dense, sparse and hybrid retrieval."""
+    from ingest.embed import Embedder
+
+    from ..config import load_settings
+    from ..rag.evaluate import evaluate_beir
+
+    settings = load_settings(ctx.home) if ctx.home.exists() else None
+    e = settings.embedding if settings else None
+    embedder = Embedder.load(
+        e.model if e else "bundled",
+        device=e.device if e else "cpu",
+        batch_size=e.batch_size if e else 32,
+    )
+    from tqdm import tqdm
+
+    bar = tqdm(desc="indexing", unit="passage", file=sys.stderr, disable=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        results = evaluate_beir(folder, embedder, max_queries=max_queries, progress=progress)
+    finally:
+        bar.close()
+    if as_json:
+        emit_json(results)
+        return
+    c = results["counts"]
+    click.echo(
+        f"{results['dataset']}: {c['passages']} passages ({c['chunks']} chunks), "
+        f"{c['queries']} judged queries"
+    )
+    for mode in ("dense", "sparse", "hybrid"):
+        r = results[mode]
+        click.echo(
+            f"  {mode:<7} nDCG@10 {r['ndcg@10']:.4f}  recall@10 {r['recall@10']:.4f}  "
+            f"MRR@10 {r['mrr@10']:.4f}  p50 {r['p50_ms']:.1f} ms  p95 {r['p95_ms']:.1f} ms"
+        )

@@ -1,0 +1,157 @@
+"""Document services of an unlocked home: the ingestion pipeline, the registry and retrieval.
+
+Built by :class:`appliance.wiring.Appliance`; the heavy parts (embedding model, Milvus) load
+lazily, once per process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from ingest.chunk import ChunkParams
+from ingest.embed import Embedder
+from ingest.parse import ParseLimits
+from ingest.pipeline import IngestOptions, Pipeline
+from ingest.registry import Registry
+from ingest.sparse import TermHasher
+from ingest.store import ChunkStore
+from secure.home import UnlockedHome
+from secure.keys import LABEL_BM25_TERMS, LABEL_CONTENT_HMAC
+from secure.records import RecordCipher
+from secure.vault import DocumentVault, open_collection_key
+
+from .config import Settings
+from .rag.retrieve import Retriever
+
+PUBLIC_GROUP = "public"
+REGISTRY_FILE = "registry.db"
+CHUNK_KEY_CONTEXT = "collection:chunks"
+
+
+def effective_groups(groups: Any) -> list[str]:
+    """A user's groups plus `public`, which everyone may read."""
+    return sorted({*groups, PUBLIC_GROUP})
+
+
+@dataclass
+class Knowledge:
+    settings: Settings
+    home: UnlockedHome
+
+    @cached_property
+    def registry(self) -> Registry:
+        return Registry(self.settings.home / REGISTRY_FILE)
+
+    @cached_property
+    def embedder(self) -> Embedder:
+        e = self.settings.embedding
+        return Embedder.load(e.model, device=e.device, batch_size=e.batch_size)
+
+    @cached_property
+    def store(self) -> ChunkStore:
+        uri = self.settings.milvus_uri
+        if "://" not in uri:
+            Path(uri).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        info = self.embedder.info
+        return ChunkStore.open(
+            uri,
+            collection=self.settings.milvus.collection,
+            dim=info.dimension,
+            model_id=info.model_id,
+            token=self.settings.milvus.token,
+        )
+
+    @cached_property
+    def cipher(self) -> RecordCipher:
+        key = open_collection_key(
+            self.home.layout.key_stores / "chunks.json",
+            self.home.keyring,
+            context=CHUNK_KEY_CONTEXT,
+        )
+        return RecordCipher(key, context=CHUNK_KEY_CONTEXT)
+
+    @cached_property
+    def hasher(self) -> TermHasher:
+        return TermHasher(self.home.derive(LABEL_BM25_TERMS))
+
+    @cached_property
+    def vault(self) -> DocumentVault:
+        return DocumentVault(self.settings.home / "vault", self.home.keyring)
+
+    def pipeline(self, events: Any = None) -> Pipeline:
+        i = self.settings.ingest
+        options = IngestOptions(
+            mode=i.mode,
+            limits=ParseLimits(
+                max_bytes=i.max_file_mb * 2**20,
+                timeout_s=i.timeout_s,
+                ocr=i.ocr,
+                ocr_languages=i.ocr_languages,
+                max_pages=i.max_pages,
+            ),
+            chunking=ChunkParams(
+                max_tokens=min(i.chunk_max_tokens, self.embedder.info.max_tokens),
+                overlap_tokens=i.chunk_overlap_tokens,
+            ),
+            settle_s=i.settle_s,
+            parse_ahead=i.parse_ahead,
+        )
+        drop = self.settings.drop_dir
+        drop.mkdir(parents=True, exist_ok=True)
+        return Pipeline(
+            drop=drop,
+            registry=self.registry,
+            store=self.store,
+            embedder=self.embedder,
+            hasher=self.hasher,
+            cipher=self.cipher,
+            content_key=self.home.derive(LABEL_CONTENT_HMAC),
+            vault=self.vault if i.mode == "inbox" else None,
+            options=options,
+            events=events,
+        )
+
+    @cached_property
+    def retriever(self) -> Retriever:
+        return Retriever(
+            store=self.store,
+            embedder=self.embedder,
+            registry=self.registry,
+            hasher=self.hasher,
+            cipher=self.cipher,
+            embedder_languages=self.embedder.info.languages,
+            candidates=self.settings.retrieval.candidates,
+        )
+
+
+class AuditEvents:
+    """Writes one audit entry per ingested, quarantined or deleted file (no file names: they
+    are protected as HMACs unless settings allow plain question logging)."""
+
+    def __init__(self, home: UnlockedHome, *, actor: str, plain_names: bool = False) -> None:
+        self.home, self.actor, self.plain_names = home, actor, plain_names
+
+    def file_done(self, result: Any) -> None:
+        import time
+
+        action = {
+            "indexed": "document.index",
+            "failed": "document.quarantine",
+            "deleted": "document.delete",
+        }.get(result.outcome, f"document.{result.outcome}")
+        name = result.rel_path if self.plain_names else self.home.audit.protect(result.rel_path)
+        details: dict[str, str | int | bool] = {"group": result.group, "name": name}
+        if result.outcome == "indexed":
+            details.update(chunks=result.chunks, pages=result.pages)
+        self.home.record(
+            action,
+            actor=self.actor,
+            now=int(time.time()),
+            object=result.doc_id or "",
+            reason=result.code,
+            outcome="refused" if result.outcome == "failed" else "ok",
+            details=details,
+        )

@@ -1,0 +1,1 @@
+"""Retrieval: fusion of dense and sparse results, language detection and ranking metrics."""

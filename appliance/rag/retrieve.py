@@ -1,0 +1,177 @@
+"""Retrieval: the passages one user may see, best first.
+
+query → embedding + keyed BM25 terms → Milvus dense and sparse searches, both filtered by the
+user's groups → fusion that knows when a retriever cannot be trusted → decrypt only the passages
+returned. Group filtering happens in Milvus *and* again here, and every hit must belong to the
+current version of an indexed document (a deleted or replaced document never comes back, even if
+Milvus has not caught up yet).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from ingest.registry import Document, Registry
+from ingest.sparse import TermHasher, analyze, query_vector
+from ingest.store import ChunkStore, Hit
+from secure.records import RecordCipher
+
+from .fuse import Fused, Ranked, Trust, fuse, retriever_trust
+
+Mode = Literal["hybrid", "dense", "sparse"]
+
+
+class QueryEmbedder(Protocol):
+    def embed_query(self, text: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Passage:
+    chunk_id: str
+    doc_id: str
+    document: str  # display name: the path below the drop folder
+    group: str
+    title: str
+    section: tuple[str, ...]
+    page_start: int | None
+    page_end: int | None
+    text: str
+    score: float
+    dense_rank: int | None = None
+    sparse_rank: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "chunk_id": self.chunk_id,
+            "doc_id": self.doc_id,
+            "document": self.document,
+            "group": self.group,
+            "title": self.title,
+            "section": list(self.section),
+            "page_start": self.page_start,
+            "page_end": self.page_end,
+            "text": self.text,
+            "score": round(self.score, 6),
+            "dense_rank": self.dense_rank,
+            "sparse_rank": self.sparse_rank,
+        }
+
+
+@dataclass
+class SearchResult:
+    passages: list[Passage]
+    trust: Trust | None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Retriever:
+    def __init__(
+        self,
+        *,
+        store: ChunkStore,
+        embedder: QueryEmbedder,
+        registry: Registry,
+        hasher: TermHasher,
+        cipher: RecordCipher,
+        embedder_languages: frozenset[str],
+        candidates: int = 100,
+        analyzer: Callable[[str], list[str]] = analyze,
+    ) -> None:
+        self.store, self.embedder, self.registry = store, embedder, registry
+        self.hasher, self.cipher, self.analyzer = hasher, cipher, analyzer
+        self.embedder_languages, self.candidates = embedder_languages, candidates
+
+    def search(
+        self, query: str, *, groups: Sequence[str], limit: int, mode: Mode = "hybrid"
+    ) -> SearchResult:
+        groups = sorted(set(groups))
+        timings: dict[str, float] = {}
+        if not groups or not query.strip():
+            return SearchResult([], None, timings)
+        t0 = time.perf_counter()
+        dense = self._dense(query, groups) if mode != "sparse" else []
+        t1 = time.perf_counter()
+        sparse = self._sparse(query, groups) if mode != "dense" else []
+        t2 = time.perf_counter()
+        hits = {h.id: h for h in (*dense, *sparse)}
+        d_ranked = [Ranked(h.id, h.score) for h in dense]
+        s_ranked = [Ranked(h.id, h.score) for h in sparse]
+        trust = None
+        if mode == "hybrid":
+            trust = retriever_trust(
+                query, embedder_languages=self.embedder_languages, dense=d_ranked, sparse=s_ranked
+            )
+        else:
+            trust = (
+                Trust(1.0, 0.0, "dense only") if mode == "dense" else Trust(0.0, 1.0, "sparse only")
+            )
+        fused = fuse(d_ranked, s_ranked, trust=trust, limit=limit * 3 + 10)
+        t3 = time.perf_counter()
+        passages = self._passages(fused, hits, set(groups), limit)
+        t4 = time.perf_counter()
+        timings.update(
+            dense_ms=(t1 - t0) * 1e3,
+            sparse_ms=(t2 - t1) * 1e3,
+            fuse_ms=(t3 - t2) * 1e3,
+            decrypt_ms=(t4 - t3) * 1e3,
+            total_ms=(t4 - t0) * 1e3,
+        )
+        return SearchResult(passages, trust, timings)
+
+    def _dense(self, query: str, groups: Sequence[str]) -> list[Hit]:
+        vector = self.embedder.embed_query(query)
+        return self.store.search_dense(vector, groups=groups, limit=self.candidates)
+
+    def _sparse(self, query: str, groups: Sequence[str]) -> list[Hit]:
+        tokens = self.analyzer(query)
+        if not tokens:
+            return []
+        ids = {self.hasher.term_id(t) for t in tokens}
+        df = self.registry.document_frequencies(ids)
+        n_docs, _ = self.registry.corpus()
+        vector = query_vector(tokens, self.hasher, df=df, n_docs=n_docs)
+        vector = {t: w for t, w in vector.items() if w > 0 and t in df}
+        if not vector:
+            return []
+        return self.store.search_sparse(vector, groups=groups, limit=self.candidates)
+
+    def _passages(
+        self, fused: Sequence[Fused], hits: Mapping[str, Hit], groups: set[str], limit: int
+    ) -> list[Passage]:
+        current = self.registry.current_versions()
+        docs: dict[str, Document | None] = {}
+        out: list[Passage] = []
+        for item in fused:
+            hit = hits[item.id]
+            if current.get(hit.doc_id) != hit.version or not groups & set(hit.groups):
+                continue  # stale version, deleted document, or (never) another group's chunk
+            if hit.doc_id not in docs:
+                docs[hit.doc_id] = self.registry.get(hit.doc_id)
+            doc = docs[hit.doc_id]
+            if doc is None:
+                continue
+            out.append(self._passage(hit, item, doc))
+            if len(out) == limit:
+                break
+        return out
+
+    def _passage(self, hit: Hit, item: Fused, doc: Document) -> Passage:
+        body = json.loads(self.cipher.open(hit.id, hit.payload))
+        return Passage(
+            chunk_id=hit.id,
+            doc_id=hit.doc_id,
+            document=doc.rel_path,
+            group=doc.group,
+            title=body.get("title", ""),
+            section=tuple(body.get("section", ())),
+            page_start=body.get("page_start"),
+            page_end=body.get("page_end"),
+            text=body["text"],
+            score=item.score,
+            dense_rank=item.dense_rank,
+            sparse_rank=item.sparse_rank,
+        )

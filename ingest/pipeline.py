@@ -1,0 +1,514 @@
+"""The ingestion pipeline: drop folder → parse → chunk → embed → encrypt → Milvus → registry.
+
+Crash safety, step by step for one file (a `kill -9` may hit anywhere):
+
+1. parse, chunk, embed and encrypt in memory (nothing recorded yet);
+2. the registry records a new version as ``indexing`` (one transaction);
+3. its chunks are written to Milvus under (doc_id, version); inbox originals go into the vault;
+4. one registry transaction makes the version current and moves the BM25 statistics;
+5. superseded versions' chunks and vault copies are deleted;
+6. inbox only: the original is removed from the drop folder.
+
+:meth:`Pipeline.recover` (run before every pass) deletes the chunks and vault copies of versions
+that never became current or were superseded, so a restart leaves no duplicates and no orphan
+chunks; a file whose step 6 did not happen is recognised by its keyed content hash and removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from secure.records import RecordCipher
+from secure.vault import DocumentVault
+
+from .chunk import Chunk, ChunkParams, chunk_document
+from .drop import FAILED_DIR, Candidate, is_settled, quarantine, scan, valid_group
+from .elements import ParsedDocument
+from .errors import IngestError, Rejected
+from .isolate import parse_isolated
+from .parse import ParseLimits
+from .registry import Registry, TermCounts, Unfinished
+from .scratch import private_scratch
+from .sparse import Bm25Params, TermHasher, analyze, doc_term_freqs, doc_vector
+from .store import ChunkRecord, ChunkStore
+
+log = logging.getLogger(__name__)
+Mode = Literal["inbox", "mirror"]
+Outcome = Literal["indexed", "unchanged", "failed", "deleted", "skipped"]
+
+
+class EmbedderLike(Protocol):
+    def count_tokens(self, text: str) -> int: ...
+    def embed_documents(self, texts: list[str]) -> Any: ...
+
+
+class Events(Protocol):
+    """Where the pipeline reports what it did (the appliance audits and counts these)."""
+
+    def file_done(self, result: FileResult) -> None: ...
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    mode: Mode = "inbox"
+    limits: ParseLimits = field(default_factory=ParseLimits)
+    chunking: ChunkParams = field(default_factory=ChunkParams)
+    bm25: Bm25Params = field(default_factory=Bm25Params)
+    settle_s: float = 2.0
+    parse_ahead: int = 2  # files parsed (in child processes) while the current one embeds
+
+
+@dataclass
+class FileResult:
+    rel_path: str
+    outcome: Outcome
+    doc_id: str | None = None
+    group: str = ""
+    code: str = ""
+    reason: str = ""
+    pages: int = 0
+    chunks: int = 0
+    stages: dict[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass
+class JobReport:
+    job_id: str
+    files: list[FileResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for f in self.files if f.outcome == outcome)
+
+    @property
+    def totals(self) -> dict[str, int]:
+        keys = ("indexed", "unchanged", "failed", "deleted", "skipped")
+        out = {k: self.count(k) for k in keys}
+        out["pages"] = sum(f.pages for f in self.files if f.outcome == "indexed")
+        out["chunks"] = sum(f.chunks for f in self.files if f.outcome == "indexed")
+        return out
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A parsed, chunked, embedded and encrypted file, ready to be written."""
+
+    parsed: ParsedDocument
+    chunks: list[Chunk]
+    vectors: Any
+    stages: dict[str, float]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        drop: Path,
+        registry: Registry,
+        store: ChunkStore,
+        embedder: EmbedderLike,
+        hasher: TermHasher,
+        cipher: RecordCipher,
+        content_key: bytes,
+        vault: DocumentVault | None,
+        options: IngestOptions,
+        events: Events | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if options.mode == "inbox" and vault is None:
+            raise ValueError("inbox mode needs the document vault")
+        self.drop, self.registry, self.store = drop, registry, store
+        self.embedder, self.hasher, self.cipher = embedder, hasher, cipher
+        self.content_key, self.vault, self.options = content_key, vault, options
+        self.events, self.clock = events, clock
+
+    @property
+    def source(self) -> str:
+        return self.options.mode
+
+    # ----- one pass over the drop folder ------------------------------------------------------
+    def run_once(
+        self, *, progress: Callable[[FileResult], None] | None = None, settle: bool = True
+    ) -> JobReport:
+        started = self.clock()
+        self.recover()
+        job = JobReport(self.registry.start_job(f"ingest-{self.source}"))
+        ready, present = self._ready(settle)
+        if self.source == "mirror":
+            for result in self._sync_deletions(present):
+                self._finish(job, result, progress)
+        todo: list[tuple[Candidate, str]] = []
+        for candidate in ready:
+            planned = self._plan(candidate)
+            if isinstance(planned, FileResult):
+                self._finish(job, planned, progress)
+            else:
+                todo.append((candidate, planned))
+        with ThreadPoolExecutor(
+            max_workers=max(1, self.options.parse_ahead), thread_name_prefix="parse"
+        ) as pool:
+            for (candidate, digest), future in self._parse_ahead(pool, todo):
+                self._finish(job, self._process(candidate, digest, future), progress)
+        job.seconds = self.clock() - started
+        self.registry.finish_job(job.job_id, status="done", counts=json.dumps(job.totals))
+        return job
+
+    def _finish(
+        self, job: JobReport, result: FileResult, progress: Callable[[FileResult], None] | None
+    ) -> None:
+        job.files.append(result)
+        self.registry.record_file(
+            job.job_id,
+            rel_path=result.rel_path,
+            doc_id=result.doc_id,
+            outcome=result.outcome,
+            reason=result.reason,
+            stages=json.dumps(result.stages),
+        )
+        if self.events is not None and result.outcome != "unchanged":
+            self.events.file_done(result)
+        if progress is not None:
+            progress(result)
+
+    def _ready(self, settle: bool) -> tuple[list[Candidate], set[str]]:
+        now = self.clock()
+        found = list(scan(self.drop))
+        present = {c.rel_path for c in found}
+        if not settle:
+            return found, present
+        return [c for c in found if is_settled(c, now=now, settle_s=self.options.settle_s)], present
+
+    def _parse_ahead(
+        self, pool: ThreadPoolExecutor, items: list[tuple[Candidate, str]]
+    ) -> Iterator[tuple[tuple[Candidate, str], Future[Prepared | FileResult]]]:
+        window: list[tuple[tuple[Candidate, str], Future[Prepared | FileResult]]] = []
+        for item in items:
+            window.append((item, pool.submit(self._parse_step, item[0])))
+            if len(window) > self.options.parse_ahead:
+                yield window.pop(0)
+        yield from window
+
+    # ----- one file ---------------------------------------------------------------------------
+    def _parse_step(self, candidate: Candidate) -> Prepared | FileResult:
+        """Runs in a worker thread (the parse itself runs in a child process)."""
+        if not candidate.group or not valid_group(candidate.group):
+            return self._reject(candidate, Rejected(_group_problem(candidate), code="no-group"))
+        t0 = time.perf_counter()
+        try:
+            parsed = parse_isolated(candidate.path, limits=self.options.limits)
+        except Rejected as exc:
+            return self._reject(candidate, exc)
+        return Prepared(parsed, [], None, {"parse_s": time.perf_counter() - t0})
+
+    def _plan(self, candidate: Candidate) -> FileResult | str:
+        """An ``unchanged`` result, or the keyed content hash of a file that needs work.
+
+        Mirror mode skips files whose size is unchanged and whose modification time predates
+        the last pass without reading them (rsync-style); inbox mode always hashes, and a file
+        re-dropped after a failure is tried again.
+        """
+        existing = self.registry.find(self.source, candidate.rel_path)
+        if (
+            self.source == "mirror"
+            and existing is not None
+            and existing.size == candidate.size
+            and existing.updated_at >= candidate.mtime
+            and existing.status in ("indexed", "failed")
+        ):
+            return FileResult(candidate.rel_path, "unchanged", existing.doc_id, candidate.group)
+        digest = self.content_hmac(candidate.path)
+        done = ("indexed", "failed") if self.source == "mirror" else ("indexed",)
+        if existing is not None and existing.content_hmac == digest and existing.status in done:
+            if self.source == "inbox":
+                candidate.path.unlink(missing_ok=True)  # already in the vault
+            return FileResult(candidate.rel_path, "unchanged", existing.doc_id, candidate.group)
+        return digest
+
+    def _process(
+        self,
+        candidate: Candidate,
+        digest: str,
+        future: Future[Prepared | FileResult],
+        *,
+        quarantine_file: bool = True,
+    ) -> FileResult:
+        """Finish one file; any error becomes a quarantine with its reason (the batch goes on)."""
+        try:
+            step = future.result()
+            if isinstance(step, FileResult):
+                return self._record_failure(candidate, step, digest, quarantine_file)
+            return self._write(candidate, self._prepare(step), digest)
+        except Rejected as exc:
+            return self._record_failure(
+                candidate, self._reject(candidate, exc), digest, quarantine_file
+            )
+        except Exception as exc:  # one bad file never stops the batch
+            log.exception("ingesting %s failed", candidate.rel_path)
+            failure = Rejected(
+                f"Indexing failed: {type(exc).__name__}: {str(exc)[:300]}", code="index-error"
+            )
+            return self._record_failure(
+                candidate, self._reject(candidate, failure), digest, quarantine_file
+            )
+
+    def _prepare(self, step: Prepared) -> Prepared:
+        stages = dict(step.stages)
+        t0 = time.perf_counter()
+        chunks = chunk_document(
+            step.parsed, params=self.options.chunking, count_tokens=self.embedder.count_tokens
+        )
+        if not chunks:
+            raise Rejected("The document holds no text to index.", code="empty")
+        t1 = time.perf_counter()
+        vectors = self.embedder.embed_documents([c.embed_text for c in chunks])
+        stages.update(chunk_s=t1 - t0, embed_s=time.perf_counter() - t1)
+        return Prepared(step.parsed, chunks, vectors, stages)
+
+    def _write(
+        self, candidate: Candidate, prepared: Prepared, digest: str, *, original: bool = True
+    ) -> FileResult:
+        t0 = time.perf_counter()
+        doc_id, version = self.registry.begin_version(
+            source=self.source,
+            rel_path=candidate.rel_path,
+            group=candidate.group,
+            content_hmac=digest,
+            size=candidate.size,
+            fmt=candidate.path.suffix.lower(),
+        )
+        try:
+            records, counts = self._records(doc_id, version, candidate.group, prepared)
+            self.store.insert(records)
+            if self.vault is not None and original:
+                stored = self.vault.put(candidate.path)
+                self.registry.set_version_vault(doc_id, version, stored.storage_id)
+            title = self.cipher.seal(
+                f"title:{doc_id}:{version}", prepared.parsed.title.encode("utf-8")
+            )
+            superseded = self.registry.commit_version(
+                doc_id,
+                version,
+                counts=counts,
+                pages=prepared.parsed.pages,
+                title_enc=title,
+                size=candidate.size,
+                fmt=candidate.path.suffix.lower(),
+                warnings=prepared.parsed.warnings,
+            )
+        except BaseException:
+            self._discard(Unfinished(doc_id, version, ""))
+            raise
+        self._cleanup(superseded)
+        if self.source == "inbox" and original:
+            candidate.path.unlink(missing_ok=True)
+        stages = dict(prepared.stages, write_s=time.perf_counter() - t0)
+        return FileResult(
+            candidate.rel_path,
+            "indexed",
+            doc_id,
+            candidate.group,
+            pages=prepared.parsed.pages,
+            chunks=len(prepared.chunks),
+            stages=stages,
+            warnings=prepared.parsed.warnings,
+        )
+
+    def _records(
+        self, doc_id: str, version: int, group: str, prepared: Prepared
+    ) -> tuple[list[ChunkRecord], TermCounts]:
+        tfs = [doc_term_freqs(analyze(c.embed_text), self.hasher) for c in prepared.chunks]
+        lengths = [sum(tf.values()) for tf in tfs]
+        n_docs, total = self.registry.corpus()
+        avgdl = (total + sum(lengths)) / max(1, n_docs + len(lengths))
+        df: dict[int, int] = {}
+        records = []
+        for chunk, vector, tf, length in zip(
+            prepared.chunks, prepared.vectors, tfs, lengths, strict=True
+        ):
+            for term in tf:
+                df[term] = df.get(term, 0) + 1
+            chunk_id = f"{doc_id}:{version}:{chunk.index}"
+            records.append(
+                ChunkRecord(
+                    id=chunk_id,
+                    doc_id=doc_id,
+                    version=version,
+                    groups=(group,),
+                    page=chunk.page_start if chunk.page_start is not None else -1,
+                    kind=chunk.kind,
+                    language=chunk.language or "",
+                    payload=self.cipher.seal(chunk_id, _payload(chunk, prepared.parsed.title)),
+                    dense=vector,
+                    sparse=doc_vector(
+                        tf, doc_len=length, avgdl=avgdl or 1.0, params=self.options.bm25
+                    ),
+                )
+            )
+        return records, TermCounts(len(records), sum(lengths), df)
+
+    # ----- failures ---------------------------------------------------------------------------
+    def _reject(self, candidate: Candidate, exc: Rejected) -> FileResult:
+        return FileResult(
+            candidate.rel_path, "failed", None, candidate.group, code=exc.code, reason=exc.message
+        )
+
+    def _record_failure(
+        self, candidate: Candidate, result: FileResult, digest: str, move: bool = True
+    ) -> FileResult:
+        result.doc_id = self.registry.fail(
+            source=self.source,
+            rel_path=candidate.rel_path,
+            group=candidate.group,
+            code=result.code,
+            reason=result.reason,
+            content_hmac=digest,
+            size=candidate.size,
+            fmt=candidate.path.suffix.lower(),
+        )
+        if move and self.source == "inbox" and candidate.path.exists():
+            quarantine(self.drop, candidate, code=result.code, reason=result.reason)
+        return result
+
+    # ----- deletions, recovery ----------------------------------------------------------------
+    def _sync_deletions(self, present: set[str]) -> Iterable[FileResult]:
+        for doc in self.registry.documents(source="mirror"):
+            if doc.rel_path not in present and doc.status in ("indexed", "failed"):
+                self.delete_document(doc.doc_id)
+                yield FileResult(doc.rel_path, "deleted", doc.doc_id, doc.group)
+
+    def index_parsed(self, items: Sequence[tuple[str, str, ParsedDocument]]) -> list[FileResult]:
+        """Index already-parsed documents, given as (name, group, document), through the same
+        chunk → embed → encrypt → Milvus → registry path as files (used by `appliance eval`
+        and imports that do not come from files). Embeds all of them in one batch."""
+        prepared: list[tuple[Candidate, str, Prepared]] = []
+        for name, group, parsed in items:
+            text = "\n".join(e.text for e in parsed.elements).encode("utf-8")
+            digest = hmac.new(self.content_key, text, hashlib.sha256).hexdigest()
+            chunks = chunk_document(
+                parsed, params=self.options.chunking, count_tokens=self.embedder.count_tokens
+            )
+            candidate = Candidate(Path(name), name, group, len(text), 0.0)
+            prepared.append((candidate, digest, Prepared(parsed, chunks, None, {})))
+        texts = [c.embed_text for _, _, p in prepared for c in p.chunks]
+        vectors = iter(self.embedder.embed_documents(texts)) if texts else iter(())
+        results = []
+        for candidate, digest, p in prepared:
+            if not p.chunks:
+                failure = self._reject(candidate, Rejected("No text to index.", code="empty"))
+                results.append(self._record_failure(candidate, failure, digest, move=False))
+                continue
+            batch = [next(vectors) for _ in p.chunks]
+            results.append(
+                self._write(
+                    candidate, Prepared(p.parsed, p.chunks, batch, {}), digest, original=False
+                )
+            )
+        return results
+
+    def reindex(self, doc_id: str) -> FileResult:
+        """Index a document again from its original: the vault copy (inbox) or the live file
+        (mirror). A vault copy is decrypted into a memory file system, never onto disk."""
+        doc = self.registry.get(doc_id)
+        if doc is None or doc.status != "indexed":
+            raise IngestError(
+                f"No indexed document {doc_id}.",
+                code="not-found",
+                hint="See `appliance docs list`.",
+            )
+        if doc.source == "mirror":
+            return self._reindex_path(self.drop / doc.rel_path, doc.rel_path, doc.group)
+        if self.vault is None or not doc.vault_id:
+            raise IngestError(
+                f"{doc_id} has no stored original to re-index from.", code="no-original"
+            )
+        scratch = private_scratch("kapp-reindex-", require_memory=True)
+        path = scratch / Path(doc.rel_path).name
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(self.vault.open_bytes(doc.vault_id))
+            return self._reindex_path(path, doc.rel_path, doc.group)
+        finally:
+            path.unlink(missing_ok=True)
+            scratch.rmdir()
+
+    def _reindex_path(self, path: Path, rel_path: str, group: str) -> FileResult:
+        if not path.is_file():
+            raise IngestError(f"The original of {rel_path} is gone ({path}).", code="not-found")
+        info = path.stat()
+        candidate = Candidate(path, rel_path, group, info.st_size, info.st_mtime)
+        digest = self.content_hmac(path)
+        done: Future[Prepared | FileResult] = Future()
+        done.set_result(self._parse_step(candidate))
+        result = self._process(candidate, digest, done, quarantine_file=False)
+        if result.outcome == "failed":
+            result.reason += " (the previous version stays indexed)"
+        return result
+
+    def delete_document(self, doc_id: str) -> None:
+        for item in self.registry.delete(doc_id):
+            self._discard(item)
+        self.registry.purge(doc_id)
+
+    def recover(self) -> int:
+        """Delete what interrupted or superseded versions left in Milvus and the vault."""
+        items = self.registry.unfinished()
+        self._cleanup(items)
+        return len(items)
+
+    def _cleanup(self, items: Iterable[Unfinished]) -> None:
+        for item in items:
+            self._discard(item)
+
+    def _discard(self, item: Unfinished) -> None:
+        self.store.delete_document(item.doc_id, version=item.version)
+        if item.vault_id and self.vault is not None:
+            self.vault.delete(item.vault_id)
+        self.registry.cleaned(item)
+
+    def content_hmac(self, path: Path) -> str:
+        mac = hmac.new(self.content_key, digestmod=hashlib.sha256)
+        with path.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                mac.update(block)
+        return mac.hexdigest()
+
+
+def _payload(chunk: Chunk, title: str) -> bytes:
+    return json.dumps(
+        {
+            "text": chunk.text,
+            "section": list(chunk.section_path),
+            "title": title,
+            "page_start": chunk.page_start,
+            "page_end": chunk.page_end,
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode("utf-8")
+
+
+def _group_problem(candidate: Candidate) -> str:
+    if not candidate.group:
+        return (
+            "Files must be inside a group folder (drop/<group>/…); drop/public/ is visible "
+            "to everyone."
+        )
+    return (
+        f"'{candidate.group}' is not a valid group folder name: use lower-case letters, "
+        f"digits, '.', '_' or '-' (and not '{FAILED_DIR}')."
+    )
+
+
+__all__ = ["FileResult", "IngestError", "IngestOptions", "JobReport", "Pipeline"]

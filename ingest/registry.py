@@ -1,0 +1,539 @@
+"""The document registry (SQLite in the home): documents, versions, jobs and BM25 statistics.
+
+It is the source of truth for what is indexed. Milvus holds chunks keyed by (doc_id, version);
+the registry says which version of each document is current. Every change is one SQLite
+transaction, and the ingestion protocol (see `ingest/pipeline.py`) orders its steps so that a
+`kill -9` anywhere leaves either the old or the new version current, never neither: a version is
+first recorded as ``indexing``, its chunks are written, then one transaction makes it current
+and moves the BM25 statistics. :meth:`Registry.unfinished` lists what a crash left behind.
+
+File names and groups are stored in clear (admins list them); content hashes are keyed HMACs so
+the registry cannot confirm a guessed document; document titles are stored encrypted by the caller.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from array import array
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import IngestError
+
+SCHEMA_VERSION = 1
+STATUSES = ("indexing", "indexed", "failed", "deleted")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS documents (
+    doc_id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,              -- 'inbox' | 'mirror' | 'upload' | 'eval'
+    rel_path TEXT NOT NULL,            -- path below the drop folder, e.g. finance/q3.xlsx
+    group_name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    current_version INTEGER NOT NULL DEFAULT 0,
+    content_hmac TEXT,
+    size INTEGER NOT NULL DEFAULT 0,
+    format TEXT NOT NULL DEFAULT '',
+    pages INTEGER NOT NULL DEFAULT 0,
+    chunks INTEGER NOT NULL DEFAULT 0,
+    title_enc TEXT NOT NULL DEFAULT '',
+    vault_id TEXT NOT NULL DEFAULT '',
+    error_code TEXT NOT NULL DEFAULT '',
+    error TEXT NOT NULL DEFAULT '',
+    warnings TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (source, rel_path)
+);
+CREATE TABLE IF NOT EXISTS versions (
+    doc_id TEXT NOT NULL REFERENCES documents(doc_id) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    status TEXT NOT NULL,              -- 'indexing' | 'indexed' | 'superseded' | 'abandoned'
+    content_hmac TEXT NOT NULL,
+    vault_id TEXT NOT NULL DEFAULT '',
+    chunks INTEGER NOT NULL DEFAULT 0,
+    total_len INTEGER NOT NULL DEFAULT 0,
+    terms BLOB,                        -- packed (term id, chunks containing it) pairs
+    created_at REAL NOT NULL,
+    PRIMARY KEY (doc_id, version)
+);
+CREATE TABLE IF NOT EXISTS bm25_df (term INTEGER PRIMARY KEY, df INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS bm25_corpus (id INTEGER PRIMARY KEY CHECK (id = 1),
+    n_docs INTEGER NOT NULL, total_len INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY, kind TEXT NOT NULL, started_at REAL NOT NULL, finished_at REAL,
+    status TEXT NOT NULL, counts TEXT NOT NULL DEFAULT '{}');
+CREATE TABLE IF NOT EXISTS job_files (
+    job_id TEXT NOT NULL, doc_id TEXT, rel_path TEXT NOT NULL, outcome TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '', stages TEXT NOT NULL DEFAULT '{}', at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS job_files_job ON job_files(job_id);
+INSERT OR IGNORE INTO bm25_corpus (id, n_docs, total_len) VALUES (1, 0, 0);
+"""
+
+
+@dataclass(frozen=True)
+class Document:
+    doc_id: str
+    source: str
+    rel_path: str
+    group: str
+    status: str
+    version: int
+    content_hmac: str | None
+    size: int
+    format: str
+    pages: int
+    chunks: int
+    title_enc: str
+    vault_id: str
+    error_code: str
+    error: str
+    warnings: str
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Document:
+        return cls(
+            doc_id=row["doc_id"],
+            source=row["source"],
+            rel_path=row["rel_path"],
+            group=row["group_name"],
+            status=row["status"],
+            version=row["current_version"],
+            content_hmac=row["content_hmac"],
+            size=row["size"],
+            format=row["format"],
+            pages=row["pages"],
+            chunks=row["chunks"],
+            title_enc=row["title_enc"],
+            vault_id=row["vault_id"],
+            error_code=row["error_code"],
+            error=row["error"],
+            warnings=row["warnings"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
+
+
+@dataclass(frozen=True)
+class TermCounts:
+    """What one version adds to the BM25 statistics: chunks, total length, chunk df per term."""
+
+    chunks: int
+    total_len: int
+    df: Mapping[int, int]
+
+    def pack(self) -> bytes:
+        flat = array("I")
+        for term, count in sorted(self.df.items()):
+            flat.extend((term, count))
+        return flat.tobytes()
+
+    @classmethod
+    def unpack(cls, chunks: int, total_len: int, blob: bytes | None) -> TermCounts:
+        flat = array("I")
+        flat.frombytes(blob or b"")
+        return cls(chunks, total_len, dict(zip(flat[0::2], flat[1::2], strict=True)))
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    doc_id: str
+    version: int
+    vault_id: str
+
+
+class Registry:
+    """One SQLite file; each call uses a short connection, so threads may share the object."""
+
+    def __init__(self, path: Path, *, durable: bool = True) -> None:
+        self.path = Path(path)
+        self._sync = "FULL" if durable else "OFF"  # OFF only for scratch registries (eval)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.executescript(_SCHEMA)
+            found = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if found is None:
+                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(found[0]) != SCHEMA_VERSION:
+                raise IngestError(
+                    f"The document registry {self.path} has schema {found[0]}; this version "
+                    f"expects {SCHEMA_VERSION}.",
+                    code="registry-schema",
+                    hint="Upgrade the appliance or restore the matching version.",
+                )
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute(f"PRAGMA synchronous={self._sync}")
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # ----- documents ------------------------------------------------------------------------
+    def find(self, source: str, rel_path: str) -> Document | None:
+        with self._db() as db:
+            row = db.execute(
+                "SELECT * FROM documents WHERE source=? AND rel_path=?", (source, rel_path)
+            ).fetchone()
+        return Document.from_row(row) if row else None
+
+    def get(self, doc_id: str) -> Document | None:
+        with self._db() as db:
+            row = db.execute("SELECT * FROM documents WHERE doc_id=?", (doc_id,)).fetchone()
+        return Document.from_row(row) if row else None
+
+    def documents(
+        self, *, group: str | None = None, status: str | None = None, source: str | None = None
+    ) -> list[Document]:
+        query, args = "SELECT * FROM documents WHERE 1=1", []
+        for column, value in (("group_name", group), ("status", status), ("source", source)):
+            if value is not None:
+                query += f" AND {column}=?"
+                args.append(value)
+        with self._db() as db:
+            rows = db.execute(query + " ORDER BY rel_path", args).fetchall()
+        return [Document.from_row(r) for r in rows]
+
+    def begin_version(
+        self,
+        *,
+        source: str,
+        rel_path: str,
+        group: str,
+        content_hmac: str,
+        size: int,
+        fmt: str,
+        now: float | None = None,
+    ) -> tuple[str, int]:
+        """Record a new version as ``indexing``; returns (doc_id, version)."""
+        now = now or time.time()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT doc_id, group_name FROM documents WHERE source=? AND rel_path=?",
+                (source, rel_path),
+            ).fetchone()
+            if row is None:
+                doc_id = "doc-" + uuid.uuid4().hex[:20]
+                db.execute(
+                    "INSERT INTO documents (doc_id, source, rel_path, group_name, status, "
+                    "content_hmac, size, format, created_at, updated_at) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (doc_id, source, rel_path, group, "indexing", None, size, fmt, now, now),
+                )
+            else:
+                doc_id = row["doc_id"]
+            version = (
+                1
+                + db.execute(
+                    "SELECT COALESCE(MAX(version), 0) FROM versions WHERE doc_id=?", (doc_id,)
+                ).fetchone()[0]
+            )
+            db.execute(
+                "INSERT INTO versions (doc_id, version, status, content_hmac, created_at)"
+                " VALUES (?,?,?,?,?)",
+                (doc_id, version, "indexing", content_hmac, now),
+            )
+        return doc_id, version
+
+    def set_version_vault(self, doc_id: str, version: int, vault_id: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE versions SET vault_id=? WHERE doc_id=? AND version=?",
+                (vault_id, doc_id, version),
+            )
+
+    def commit_version(
+        self,
+        doc_id: str,
+        version: int,
+        *,
+        counts: TermCounts,
+        pages: int,
+        title_enc: str,
+        size: int,
+        fmt: str,
+        warnings: Iterable[str] = (),
+        now: float | None = None,
+    ) -> list[Unfinished]:
+        """Make ``version`` current in one transaction; returns the versions it superseded."""
+        now = now or time.time()
+        with self._tx() as db:
+            version_row = db.execute(
+                "SELECT * FROM versions WHERE doc_id=? AND version=?", (doc_id, version)
+            ).fetchone()
+            if version_row is None or version_row["status"] != "indexing":
+                raise IngestError(
+                    f"Version {version} of {doc_id} is not being indexed.", code="registry-state"
+                )
+            old = db.execute(
+                "SELECT version, vault_id, chunks, total_len, terms FROM versions "
+                "WHERE doc_id=? AND status='indexed'",
+                (doc_id,),
+            ).fetchall()
+            for row in old:
+                _apply(db, TermCounts.unpack(row["chunks"], row["total_len"], row["terms"]), -1)
+            _apply(db, counts, +1)
+            db.execute(
+                "UPDATE versions SET status='superseded' WHERE doc_id=? AND status='indexed'",
+                (doc_id,),
+            )
+            db.execute(
+                "UPDATE versions SET status='indexed', chunks=?, total_len=?, terms=? "
+                "WHERE doc_id=? AND version=?",
+                (counts.chunks, counts.total_len, counts.pack(), doc_id, version),
+            )
+            db.execute(
+                "UPDATE documents SET status='indexed', current_version=?, content_hmac=?, "
+                "size=?, format=?, pages=?, chunks=?, title_enc=?, vault_id=?, error_code='', "
+                "error='', warnings=?, updated_at=? WHERE doc_id=?",
+                (
+                    version,
+                    version_row["content_hmac"],
+                    size,
+                    fmt,
+                    pages,
+                    counts.chunks,
+                    title_enc,
+                    version_row["vault_id"],
+                    "\n".join(warnings),
+                    now,
+                    doc_id,
+                ),
+            )
+        return [Unfinished(doc_id, r["version"], r["vault_id"]) for r in old]
+
+    def fail(
+        self,
+        *,
+        source: str,
+        rel_path: str,
+        group: str,
+        code: str,
+        reason: str,
+        content_hmac: str | None,
+        size: int,
+        fmt: str,
+        now: float | None = None,
+    ) -> str:
+        """Record a quarantined file (the current indexed version, if any, stays current)."""
+        now = now or time.time()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT doc_id, status FROM documents WHERE source=? AND rel_path=?",
+                (source, rel_path),
+            ).fetchone()
+            if row is None:
+                doc_id = "doc-" + uuid.uuid4().hex[:20]
+                db.execute(
+                    "INSERT INTO documents (doc_id, source, rel_path, group_name, status, "
+                    "content_hmac, size, format, error_code, error, created_at, updated_at) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        doc_id,
+                        source,
+                        rel_path,
+                        group,
+                        "failed",
+                        content_hmac,
+                        size,
+                        fmt,
+                        code,
+                        reason,
+                        now,
+                        now,
+                    ),
+                )
+                return doc_id
+            doc_id = row["doc_id"]
+            status = "indexed" if row["status"] == "indexed" else "failed"
+            db.execute(
+                "UPDATE documents SET status=?, error_code=?, error=?, updated_at=?, "
+                "content_hmac=CASE WHEN ?='failed' THEN ? ELSE content_hmac END "
+                "WHERE doc_id=?",
+                (status, code, reason, now, status, content_hmac, doc_id),
+            )
+        return doc_id
+
+    def abandon(self, doc_id: str, version: int) -> None:
+        """A version that did not finish (crash or error): never current, chunks to delete."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE versions SET status='abandoned' WHERE doc_id=? AND version=? AND "
+                "status='indexing'",
+                (doc_id, version),
+            )
+            db.execute(
+                "UPDATE documents SET status='failed' WHERE doc_id=? AND "
+                "current_version=0 AND status='indexing'",
+                (doc_id,),
+            )
+
+    def delete(self, doc_id: str, *, now: float | None = None) -> list[Unfinished]:
+        """Remove a document from the index; returns its versions (to delete chunks/vault)."""
+        now = now or time.time()
+        with self._tx() as db:
+            rows = db.execute("SELECT * FROM versions WHERE doc_id=?", (doc_id,)).fetchall()
+            for row in rows:
+                if row["status"] == "indexed":
+                    _apply(db, TermCounts.unpack(row["chunks"], row["total_len"], row["terms"]), -1)
+            db.execute(
+                "UPDATE versions SET status='abandoned' WHERE doc_id=? AND status IN "
+                "('indexed', 'indexing')",
+                (doc_id,),
+            )
+            db.execute(
+                "UPDATE documents SET status='deleted', current_version=0, chunks=0, "
+                "vault_id='', updated_at=? WHERE doc_id=?",
+                (now, doc_id),
+            )
+        return [Unfinished(doc_id, r["version"], r["vault_id"]) for r in rows]
+
+    def purge(self, doc_id: str) -> None:
+        """Forget a deleted document entirely (after its chunks and vault copy are gone)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM documents WHERE doc_id=? AND status='deleted'", (doc_id,))
+
+    # ----- recovery ---------------------------------------------------------------------------
+    def unfinished(self) -> list[Unfinished]:
+        """Versions a crash left behind: being indexed, superseded or abandoned (chunks may
+        remain in Milvus; vault copies may remain)."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT doc_id, version, vault_id FROM versions WHERE status IN "
+                "('indexing', 'superseded', 'abandoned')"
+            ).fetchall()
+        return [Unfinished(r["doc_id"], r["version"], r["vault_id"]) for r in rows]
+
+    def cleaned(self, item: Unfinished) -> None:
+        """Forget a non-current version once its chunks and vault copy are deleted."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE versions SET status='abandoned' WHERE doc_id=? AND version=? AND "
+                "status='indexing'",
+                (item.doc_id, item.version),
+            )
+            db.execute(
+                "DELETE FROM versions WHERE doc_id=? AND version=? AND status IN "
+                "('superseded', 'abandoned')",
+                (item.doc_id, item.version),
+            )
+            db.execute(
+                "UPDATE documents SET status='failed', error_code='interrupted', "
+                "error='indexing was interrupted; it will be retried' "
+                "WHERE doc_id=? AND status='indexing' AND current_version=0",
+                (item.doc_id,),
+            )
+
+    def current_versions(self) -> dict[str, int]:
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT doc_id, current_version FROM documents WHERE status='indexed'"
+            ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    # ----- BM25 statistics --------------------------------------------------------------------
+    def corpus(self) -> tuple[int, int]:
+        with self._db() as db:
+            row = db.execute("SELECT n_docs, total_len FROM bm25_corpus WHERE id=1").fetchone()
+        return int(row[0]), int(row[1])
+
+    def document_frequencies(self, terms: Iterable[int]) -> dict[int, int]:
+        wanted = sorted(set(terms))
+        if not wanted:
+            return {}
+        with self._db() as db:
+            rows = db.execute(
+                f"SELECT term, df FROM bm25_df WHERE term IN "  # noqa: S608
+                f"({','.join('?' * len(wanted))})",
+                wanted,
+            ).fetchall()
+        return {int(r[0]): int(r[1]) for r in rows}
+
+    # ----- jobs -------------------------------------------------------------------------------
+    def start_job(self, kind: str, *, now: float | None = None) -> str:
+        job_id = "job-" + uuid.uuid4().hex[:16]
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO jobs (job_id, kind, started_at, status) VALUES (?,?,?,?)",
+                (job_id, kind, now or time.time(), "running"),
+            )
+        return job_id
+
+    def record_file(
+        self,
+        job_id: str,
+        *,
+        rel_path: str,
+        doc_id: str | None,
+        outcome: str,
+        reason: str = "",
+        stages: str = "{}",
+        now: float | None = None,
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO job_files VALUES (?,?,?,?,?,?,?)",
+                (job_id, doc_id, rel_path, outcome, reason, stages, now or time.time()),
+            )
+
+    def finish_job(
+        self, job_id: str, *, status: str, counts: str, now: float | None = None
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET finished_at=?, status=?, counts=? WHERE job_id=?",
+                (now or time.time(), status, counts, job_id),
+            )
+
+    def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT * FROM jobs ORDER BY started_at DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    def job_files(self, job_id: str) -> list[dict[str, Any]]:
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT * FROM job_files WHERE job_id=? ORDER BY at", (job_id,)
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+
+def _apply(db: sqlite3.Connection, counts: TermCounts, sign: int) -> None:
+    db.execute(
+        "UPDATE bm25_corpus SET n_docs = n_docs + ?, total_len = total_len + ? WHERE id=1",
+        (sign * counts.chunks, sign * counts.total_len),
+    )
+    rows = [(term, sign * n) for term, n in counts.df.items()]
+    db.executemany(
+        "INSERT INTO bm25_df (term, df) VALUES (?, ?) ON CONFLICT(term) DO UPDATE "
+        "SET df = df + excluded.df",
+        rows,
+    )
+    if sign < 0:
+        db.execute("DELETE FROM bm25_df WHERE df <= 0")

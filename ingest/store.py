@@ -1,0 +1,374 @@
+"""The Milvus adapter for the chunk collection: the only module that talks to `pymilvus`.
+
+One code path for Milvus Lite (a local ``*.db`` file, the default) and a Milvus server
+(``http://host:19530`` plus a token). The collection layout, limits and index choice live in
+`ingest.schema`; this module creates or opens the collection (refusing one written by another
+embedder), writes and deletes rows, and runs the two single-vector searches that retrieval
+fuses. Every search is filtered by the caller's groups, and an empty group list returns nothing
+without asking Milvus, so "no groups" can never mean "all rows".
+
+Filters are built only from validated values (group names, document ids, integers): Milvus Lite
+2.5 has no filter templates, and a malformed filter makes pymilvus retry for minutes, so nothing
+unchecked ever reaches an expression. Every call carries ``timeout`` so a dead server fails
+fast with an actionable error.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from .errors import IngestError
+from .schema import (
+    DENSE_INDEX,
+    DENSE_SEARCH_PARAMS,
+    F_DENSE,
+    F_DOC,
+    F_GROUPS,
+    F_ID,
+    F_KIND,
+    F_LANGUAGE,
+    F_PAGE,
+    F_PAYLOAD,
+    F_SPARSE,
+    F_TOKENS,
+    F_VERSION,
+    MAX_DIM,
+    MAX_DOC_ID,
+    MAX_GROUP,
+    MAX_GROUPS,
+    MAX_ID,
+    MAX_KIND,
+    MAX_LANGUAGE,
+    MAX_LIMIT,
+    MAX_PAYLOAD,
+    OUTPUT_FIELDS,
+    SPARSE_INDEX,
+    SPARSE_SEARCH_PARAMS,
+    ChunkRecord,
+    CollectionMeta,
+    Hit,
+    check_doc_id,
+    check_version,
+    dense_vector,
+    groups_filter,
+    sparse_vector,
+)
+
+__all__ = ["ChunkStore"]
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+_BATCH_ROWS = 512
+_BATCH_BYTES = 16 << 20
+_ITER_BATCH = 4096
+_lite_lock = threading.Lock()
+_lite_users: Counter[str] = Counter()
+
+
+class ChunkStore:
+    """One open chunk collection; build it with :meth:`open`, end it with :meth:`close`."""
+
+    def __init__(
+        self, client: Any, name: str, meta: CollectionMeta, lite: str | None, timeout: float
+    ) -> None:
+        self._client = client
+        self.name = name
+        self.meta = meta
+        self._lite = lite
+        self._timeout = timeout
+
+    @classmethod
+    def open(
+        cls,
+        uri: str,
+        *,
+        collection: str = "chunks",
+        dim: int,
+        model_id: str,
+        token: str = "",
+        timeout: float = 30.0,
+    ) -> ChunkStore:
+        """Open the collection, creating it if missing; SchemaMismatch if another embedder
+        wrote it. ``uri``: a ``*.db`` path (Milvus Lite) or ``http(s)://host:port``."""
+        if not _NAME.fullmatch(collection):
+            raise ValueError(f"Invalid collection name {collection!r}: use [A-Za-z0-9_].")
+        if not 0 < dim <= MAX_DIM or not model_id:
+            raise ValueError("dim must be in 1..32768 and model_id non-empty.")
+        client, lite = _connect(uri, token, timeout)
+        store = cls(client, collection, CollectionMeta(model_id, dim), lite, timeout)
+        try:
+            store._ensure_collection()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def _ensure_collection(self) -> None:
+        from pymilvus import MilvusException
+
+        try:
+            if self._client.has_collection(self.name, timeout=self._timeout):
+                self._check_existing()
+            else:
+                self._create()
+            self._client.load_collection(self.name, timeout=self._timeout)
+        except MilvusException as exc:
+            raise _unavailable(exc) from None
+
+    def _check_existing(self) -> None:
+        """The description names the model; the dense field's own width is the truth for dim."""
+        info = self._client.describe_collection(self.name, timeout=self._timeout)
+        found = CollectionMeta.from_description(self.name, str(info.get("description", "")))
+        for spec in info.get("fields", []):
+            if spec.get("name") == F_DENSE:
+                dim = int(spec.get("params", {}).get("dim", -1))
+                found = CollectionMeta(found.model_id, dim, found.schema)
+        found.check_matches(self.name, self.meta)
+
+    def _create(self) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(
+            auto_id=False, enable_dynamic_field=False, description=self.meta.to_description()
+        )
+        schema.add_field(F_ID, DataType.VARCHAR, is_primary=True, max_length=MAX_ID)
+        schema.add_field(F_DOC, DataType.VARCHAR, max_length=MAX_DOC_ID)
+        schema.add_field(F_VERSION, DataType.INT64)
+        schema.add_field(
+            F_GROUPS,
+            DataType.ARRAY,
+            element_type=DataType.VARCHAR,
+            max_capacity=MAX_GROUPS,
+            max_length=MAX_GROUP,
+        )
+        schema.add_field(F_PAGE, DataType.INT64)
+        schema.add_field(F_KIND, DataType.VARCHAR, max_length=MAX_KIND)
+        schema.add_field(F_LANGUAGE, DataType.VARCHAR, max_length=MAX_LANGUAGE)
+        schema.add_field(F_TOKENS, DataType.INT64)
+        schema.add_field(F_PAYLOAD, DataType.VARCHAR, max_length=MAX_PAYLOAD)
+        schema.add_field(F_DENSE, DataType.FLOAT_VECTOR, dim=self.meta.dimension)
+        schema.add_field(F_SPARSE, DataType.SPARSE_FLOAT_VECTOR)
+        index = self._client.prepare_index_params()
+        index.add_index(F_DENSE, **DENSE_INDEX)
+        index.add_index(F_SPARSE, **SPARSE_INDEX)
+        self._client.create_collection(
+            self.name,
+            schema=schema,
+            index_params=index,
+            consistency_level="Strong",  # a delete must hide the rows from the next search
+            timeout=self._timeout,
+        )
+
+    def flush(self) -> None:
+        """Persist inserted rows now (Milvus also flushes on its own schedule)."""
+        self._call("flush", self.name)
+
+    def drop(self) -> None:
+        """Delete the whole collection (scratch collections, e.g. `appliance eval`), then close."""
+        self._call("drop_collection", self.name)
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection; the last user of a Lite file stops its server process."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+            _release_lite(self._lite)
+
+    def __enter__(self) -> ChunkStore:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def insert(self, records: Sequence[ChunkRecord]) -> None:
+        """Insert rows in batches; every row is checked first, so a bad one inserts nothing."""
+        rows = [record.to_row(self.meta.dimension) for record in records]
+        for batch in _batches(rows):
+            self._call("insert", self.name, data=batch)
+
+    def delete_document(self, doc_id: str, *, version: int | None = None) -> None:
+        """Delete every chunk of ``doc_id``, or only those of one version."""
+        expr = f'{F_DOC} == "{check_doc_id(doc_id)}"'
+        if version is not None:
+            expr += f" and {F_VERSION} == {check_version(version)}"
+        self._call("delete", self.name, filter=expr)
+
+    def delete_versions_except(self, doc_id: str, keep: int) -> None:
+        """Delete the chunks of every version of ``doc_id`` but ``keep`` (replace-on-redrop)."""
+        expr = f'{F_DOC} == "{check_doc_id(doc_id)}" and {F_VERSION} != {check_version(keep)}'
+        self._call("delete", self.name, filter=expr)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def search_dense(
+        self, vector: Sequence[float] | Any, *, groups: Sequence[str], limit: int
+    ) -> list[Hit]:
+        """Nearest chunks by inner product (cosine) among rows shared with ``groups``."""
+        if not groups:
+            return []
+        query = dense_vector(vector, self.meta.dimension)
+        return self._search(query, F_DENSE, DENSE_SEARCH_PARAMS, groups, limit)
+
+    def search_sparse(
+        self, vector: Mapping[int, float], *, groups: Sequence[str], limit: int
+    ) -> list[Hit]:
+        """Best chunks by keyed-BM25 inner product among rows shared with ``groups``."""
+        if not groups:
+            return []
+        query = sparse_vector(vector)
+        if not query:
+            return []
+        return self._search(query, F_SPARSE, SPARSE_SEARCH_PARAMS, groups, limit)
+
+    def _search(
+        self, query: Any, field: str, params: dict[str, Any], groups: Sequence[str], limit: int
+    ) -> list[Hit]:
+        if not 1 <= limit <= MAX_LIMIT:
+            raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, not {limit}.")
+        result = self._call(
+            "search",
+            self.name,
+            data=[query],
+            anns_field=field,
+            search_params=params,
+            limit=limit,
+            filter=groups_filter(groups),
+            output_fields=list(OUTPUT_FIELDS),
+        )
+        return [Hit.from_result(hit) for hit in result[0]]
+
+    def count(self) -> int:
+        """Rows visible now (deleted rows excluded)."""
+        result = self._call("query", self.name, filter="", output_fields=["count(*)"])
+        return int(result[0]["count(*)"])
+
+    def doc_ids(self) -> set[str]:
+        """Every document id with at least one chunk (for reconciling with the registry)."""
+        return {row[F_DOC] for row in self._scan(f"{F_VERSION} >= 0", [F_DOC])}
+
+    def chunk_ids(self, doc_id: str) -> list[str]:
+        """The ids of every chunk of ``doc_id`` (all versions), sorted."""
+        expr = f'{F_DOC} == "{check_doc_id(doc_id)}"'
+        return sorted(row[F_ID] for row in self._scan(expr, [F_ID]))
+
+    def _scan(self, expr: str, fields: list[str]) -> Iterator[dict[str, Any]]:
+        """Every matching row, page by page (a plain query stops at 16,384 rows)."""
+        iterator = self._call(
+            "query_iterator", self.name, batch_size=_ITER_BATCH, filter=expr, output_fields=fields
+        )
+        try:
+            while page := iterator.next():
+                yield from page
+        finally:
+            iterator.close()
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        from pymilvus import MilvusException
+
+        if self._client is None:
+            raise IngestError("The chunk store is closed.", code="store-closed")
+        try:
+            return getattr(self._client, method)(*args, timeout=self._timeout, **kwargs)
+        except MilvusException as exc:
+            raise _unavailable(exc) from None
+
+
+def _batches(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Split rows so one gRPC message stays far below Milvus' 64 MiB limit."""
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for row in rows:
+        row_size = len(row[F_PAYLOAD]) + 4 * len(row[F_DENSE]) + 12 * len(row[F_SPARSE]) + 256
+        if batch and (len(batch) >= _BATCH_ROWS or size + row_size > _BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(row)
+        size += row_size
+    if batch:
+        yield batch
+
+
+def _unavailable(exc: Exception) -> IngestError:
+    return IngestError(
+        f"Milvus refused or failed the request: {getattr(exc, 'message', exc)}",
+        code="milvus-error",
+        hint="Check that Milvus is running and reachable at the configured URI (and the token), "
+        "then retry; for Milvus Lite, check that no other process has the .db file open.",
+    )
+
+
+# -- connections --------------------------------------------------------------------------------
+
+
+def _connect(uri: str, token: str, timeout: float) -> tuple[Any, str | None]:
+    """(MilvusClient, the Lite file path or None). A Lite server process is started per file
+    by pymilvus and stopped by :func:`_release_lite` when its last store closes."""
+    from pymilvus import MilvusClient, MilvusException
+
+    lite = None
+    if uri.endswith(".db"):
+        path = Path(uri).expanduser().absolute()
+        if not path.parent.is_dir():
+            raise IngestError(
+                f"The Milvus Lite directory {path.parent} does not exist.",
+                code="milvus-error",
+                hint="Create it (the appliance home should have it) or fix the milvus.uri setting.",
+            )
+        _import_lite()
+        lite = str(path.resolve())
+        uri = str(path)
+        with _lite_lock:
+            _lite_users[lite] += 1
+    try:
+        return MilvusClient(uri=uri, token=token, timeout=timeout), lite
+    except MilvusException as exc:
+        _release_lite(lite)
+        raise _unavailable(exc) from None
+
+
+def _import_lite() -> None:
+    """milvus-lite 2.5 imports the deprecated ``pkg_resources``; silence exactly that warning.
+
+    Lite also answers no MVCC timestamp to the query iterator, which then logs a warning on
+    every scan and falls back to a client timestamp (correct here): drop exactly that line.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="pkg_resources is deprecated as an API", category=UserWarning
+        )
+        import milvus_lite.server_manager  # noqa: F401
+    iterator_log = logging.getLogger("pymilvus.orm.iterator")
+    if not any(isinstance(f, _LiteTimestampFilter) for f in iterator_log.filters):
+        iterator_log.addFilter(_LiteTimestampFilter())
+
+
+class _LiteTimestampFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("failed to get mvccTs from milvus server")
+
+
+def _release_lite(lite: str | None) -> None:
+    if lite is None:
+        return
+    with _lite_lock:
+        _lite_users[lite] -= 1
+        if _lite_users[lite] > 0:
+            return
+        del _lite_users[lite]
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(lite)
