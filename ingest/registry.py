@@ -448,12 +448,31 @@ class Registry:
                 (item.doc_id,),
             )
 
-    def current_versions(self) -> dict[str, int]:
+    def current_versions(self, doc_ids: Iterable[str] | None = None) -> dict[str, int]:
+        """doc_id → current version of indexed documents (all, or only those asked for)."""
+        query = "SELECT doc_id, current_version FROM documents WHERE status='indexed'"
+        wanted = sorted(set(doc_ids)) if doc_ids is not None else None
+        with self._db() as db:
+            if wanted is None:
+                rows = db.execute(query).fetchall()
+            elif not wanted:
+                rows = []
+            else:
+                marks = ",".join("?" * len(wanted))
+                rows = db.execute(f"{query} AND doc_id IN ({marks})", wanted).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def get_many(self, doc_ids: Iterable[str]) -> dict[str, Document]:
+        wanted = sorted(set(doc_ids))
+        if not wanted:
+            return {}
+        marks = ",".join("?" * len(wanted))
         with self._db() as db:
             rows = db.execute(
-                "SELECT doc_id, current_version FROM documents WHERE status='indexed'"
+                f"SELECT * FROM documents WHERE doc_id IN ({marks})",  # noqa: S608
+                wanted,
             ).fetchall()
-        return {r[0]: r[1] for r in rows}
+        return {r["doc_id"]: Document.from_row(r) for r in rows}
 
     # ----- BM25 statistics --------------------------------------------------------------------
     def corpus(self) -> tuple[int, int]:

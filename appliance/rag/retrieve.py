@@ -142,18 +142,15 @@ class Retriever:
     def _passages(
         self, fused: Sequence[Fused], hits: Mapping[str, Hit], groups: set[str], limit: int
     ) -> list[Passage]:
-        current = self.registry.current_versions()
-        docs: dict[str, Document | None] = {}
+        candidates = [hits[item.id] for item in fused]
+        docs = self.registry.get_many(h.doc_id for h in candidates)
         out: list[Passage] = []
-        for item in fused:
-            hit = hits[item.id]
-            if current.get(hit.doc_id) != hit.version or not groups & set(hit.groups):
-                continue  # stale version, deleted document, or (never) another group's chunk
-            if hit.doc_id not in docs:
-                docs[hit.doc_id] = self.registry.get(hit.doc_id)
-            doc = docs[hit.doc_id]
-            if doc is None:
-                continue
+        for item, hit in zip(fused, candidates, strict=True):
+            doc = docs.get(hit.doc_id)
+            if doc is None or doc.status != "indexed" or doc.version != hit.version:
+                continue  # deleted document or a replaced version Milvus still holds
+            if not groups & set(hit.groups) or doc.group not in groups:
+                continue  # never another group's chunk, even if the filter were wrong
             out.append(self._passage(hit, item, doc))
             if len(out) == limit:
                 break
