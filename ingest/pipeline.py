@@ -21,6 +21,7 @@ import hmac
 import json
 import logging
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -291,8 +292,10 @@ class Pipeline:
             records, counts = self._records(doc_id, version, candidate.group, prepared)
             self.store.insert(records)
             if self.vault is not None and original:
-                stored = self.vault.put(candidate.path)
-                self.registry.set_version_vault(doc_id, version, stored.storage_id)
+                # Record the storage id first: a crash during put leaves a known id to clean up.
+                storage_id = secrets.token_hex(16)
+                self.registry.set_version_vault(doc_id, version, storage_id)
+                self.vault.put(candidate.path, storage_id=storage_id)
             title = self.cipher.seal(
                 f"title:{doc_id}:{version}", prepared.parsed.title.encode("utf-8")
             )
@@ -465,6 +468,8 @@ class Pipeline:
         """Delete what interrupted or superseded versions left in Milvus and the vault."""
         items = self.registry.unfinished()
         self._cleanup(items)
+        if self.vault is not None:
+            self.vault.sweep_partial()
         return len(items)
 
     def _cleanup(self, items: Iterable[Unfinished]) -> None:
