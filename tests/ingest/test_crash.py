@@ -25,7 +25,8 @@ from tests.ingest.pipeline_kit import build_kit
 from tests.ingest.test_embed import bundled_embedder
 
 root, target, after = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-keys = {"terms": bytes.fromhex(os.environ["T_TERMS"]), "content": bytes.fromhex(os.environ["T_CONTENT"])}
+keys = {"terms": bytes.fromhex(os.environ["T_TERMS"]),
+        "content": bytes.fromhex(os.environ["T_CONTENT"])}
 kit = build_kit(root, bundled_embedder(), ark=bytes.fromhex(os.environ["T_ARK"]), keys=keys)
 owner = {"insert": kit.store, "commit": kit.registry, "vault": kit.vault, "unlink": Path}
 name = {"insert": "insert", "commit": "commit_version", "vault": "put", "unlink": "unlink"}[target]
