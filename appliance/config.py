@@ -115,7 +115,12 @@ class EmbeddingSettings(_Section):
         "directory",
     )
     device: str = Field("cpu", description="cpu or cuda")
-    batch_size: int = Field(32, ge=1, description="texts per embedding batch")
+    batch_size: int = Field(8, ge=1, description="texts per embedding batch")
+    threads: int = Field(
+        1,
+        ge=0,
+        description="CPU threads for embedding (0 = all cores); 1 leaves a core for parsing",
+    )
 
 
 class RetrievalSettings(_Section):

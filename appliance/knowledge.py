@@ -24,6 +24,7 @@ from secure.records import RecordCipher
 from secure.vault import DocumentVault, open_collection_key
 
 from .config import Settings
+from .errors import ConfigError
 from .rag.retrieve import Retriever
 
 PUBLIC_GROUP = "public"
@@ -48,7 +49,9 @@ class Knowledge:
     @cached_property
     def embedder(self) -> Embedder:
         e = self.settings.embedding
-        return Embedder.load(e.model, device=e.device, batch_size=e.batch_size)
+        return Embedder.load(
+            e.model, device=e.device, batch_size=e.batch_size, threads=e.threads or None
+        )
 
     @cached_property
     def store(self) -> ChunkStore:
@@ -66,8 +69,14 @@ class Knowledge:
 
     @cached_property
     def cipher(self) -> RecordCipher:
+        key_file = self.home.layout.key_stores / "chunks.json"
+        if not key_file.exists() and self.store.count() > 0:
+            raise ConfigError(
+                f"The chunk collection holds data but its key store {key_file} is missing.",
+                hint="Restore the key store from backup; a new key could not read the chunks.",
+            )
         key = open_collection_key(
-            self.home.layout.key_stores / "chunks.json",
+            key_file,
             self.home.keyring,
             context=CHUNK_KEY_CONTEXT,
         )

@@ -12,10 +12,10 @@ with the header repeated (and by cells when one row is too big); a named table (
 its name in the breadcrumb. A heading with nothing under it becomes a chunk of its own, so no
 text of the document is lost.
 
-Token counter contract: ``count_tokens(text) -> int`` must count what the embedder will see for
-``text``. The pipeline passes one built on the embedder's tokenizer, e.g.
-``lambda s: len(tokenizer(s)["input_ids"])`` (special tokens included, since they take room in
-the model's window); tests pass :func:`count_tokens_whitespace`. Counts are assumed to grow
+Token counter contract: ``count_tokens(text) -> int`` counts the embedder's tokens for ``text``
+*without* special tokens, and ``max_tokens`` is the room the model leaves for text: the pipeline
+passes :meth:`ingest.embed.Embedder.count_tokens` and at most ``embedder.info.max_tokens`` (its
+window minus [CLS]/[SEP]); tests pass :func:`count_tokens_whitespace`. Counts are assumed to grow
 with the text. A chunk only exceeds ``max_tokens`` when even one character with the shortened
 breadcrumb does not fit; it is then flagged ``oversize``.
 """

@@ -103,12 +103,14 @@ class JobReport:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A parsed, chunked, embedded and encrypted file, ready to be written."""
+    """A parsed and chunked file with its BM25 term counts (worker thread), then its vectors
+    (main thread), ready to be written."""
 
     parsed: ParsedDocument
     chunks: list[Chunk]
     vectors: Any
     stages: dict[str, float]
+    tfs: list[dict[int, int]] = field(default_factory=list)
 
 
 class Pipeline:
@@ -208,9 +210,23 @@ class Pipeline:
         t0 = time.perf_counter()
         try:
             parsed = parse_isolated(candidate.path, limits=self.options.limits)
+            t1 = time.perf_counter()
+            prepared = self._chunk(parsed, {"parse_s": t1 - t0})
         except Rejected as exc:
             return self._reject(candidate, exc)
-        return Prepared(parsed, [], None, {"parse_s": time.perf_counter() - t0})
+        prepared.stages["chunk_s"] = time.perf_counter() - t1
+        return prepared
+
+    def _chunk(self, parsed: ParsedDocument, stages: dict[str, float]) -> Prepared:
+        """Chunking and BM25 term counting, in the worker thread so that they overlap the main
+        thread's embedding (which releases the GIL while torch computes)."""
+        chunks = chunk_document(
+            parsed, params=self.options.chunking, count_tokens=self.embedder.count_tokens
+        )
+        if not chunks:
+            raise Rejected("The document holds no text to index.", code="empty")
+        tfs = [doc_term_freqs(analyze(c.embed_text), self.hasher) for c in chunks]
+        return Prepared(parsed, chunks, None, stages, tfs)
 
     def _plan(self, candidate: Candidate) -> FileResult | str:
         """An ``unchanged`` result, or the keyed content hash of a file that needs work.
@@ -264,17 +280,10 @@ class Pipeline:
             )
 
     def _prepare(self, step: Prepared) -> Prepared:
-        stages = dict(step.stages)
         t0 = time.perf_counter()
-        chunks = chunk_document(
-            step.parsed, params=self.options.chunking, count_tokens=self.embedder.count_tokens
-        )
-        if not chunks:
-            raise Rejected("The document holds no text to index.", code="empty")
-        t1 = time.perf_counter()
-        vectors = self.embedder.embed_documents([c.embed_text for c in chunks])
-        stages.update(chunk_s=t1 - t0, embed_s=time.perf_counter() - t1)
-        return Prepared(step.parsed, chunks, vectors, stages)
+        vectors = self.embedder.embed_documents([c.embed_text for c in step.chunks])
+        stages = dict(step.stages, embed_s=time.perf_counter() - t0)
+        return Prepared(step.parsed, step.chunks, vectors, stages, step.tfs)
 
     def _write(
         self, candidate: Candidate, prepared: Prepared, digest: str, *, original: bool = True
@@ -330,7 +339,7 @@ class Pipeline:
     def _records(
         self, doc_id: str, version: int, group: str, prepared: Prepared
     ) -> tuple[list[ChunkRecord], TermCounts]:
-        tfs = [doc_term_freqs(analyze(c.embed_text), self.hasher) for c in prepared.chunks]
+        tfs = prepared.tfs
         lengths = [sum(tf.values()) for tf in tfs]
         n_docs, total = self.registry.corpus()
         avgdl = (total + sum(lengths)) / max(1, n_docs + len(lengths))
@@ -398,11 +407,12 @@ class Pipeline:
         for name, group, parsed in items:
             text = "\n".join(e.text for e in parsed.elements).encode("utf-8")
             digest = hmac.new(self.content_key, text, hashlib.sha256).hexdigest()
-            chunks = chunk_document(
-                parsed, params=self.options.chunking, count_tokens=self.embedder.count_tokens
-            )
             candidate = Candidate(Path(name), name, group, len(text), 0.0)
-            prepared.append((candidate, digest, Prepared(parsed, chunks, None, {})))
+            try:
+                step = self._chunk(parsed, {})
+            except Rejected:
+                step = Prepared(parsed, [], None, {})
+            prepared.append((candidate, digest, step))
         texts = [c.embed_text for _, _, p in prepared for c in p.chunks]
         vectors = iter(self.embedder.embed_documents(texts)) if texts else iter(())
         results = []
@@ -414,7 +424,10 @@ class Pipeline:
             batch = [next(vectors) for _ in p.chunks]
             results.append(
                 self._write(
-                    candidate, Prepared(p.parsed, p.chunks, batch, {}), digest, original=False
+                    candidate,
+                    Prepared(p.parsed, p.chunks, batch, {}, p.tfs),
+                    digest,
+                    original=False,
                 )
             )
         return results

@@ -27,6 +27,7 @@ from typing import Any
 
 from .errors import IngestError
 from .schema import (
+    DEFAULT_COLLECTION,
     DENSE_INDEX,
     DENSE_SEARCH_PARAMS,
     F_DENSE,
@@ -89,7 +90,7 @@ class ChunkStore:
         cls,
         uri: str,
         *,
-        collection: str = "chunks",
+        collection: str = DEFAULT_COLLECTION,
         dim: int,
         model_id: str,
         token: str = "",

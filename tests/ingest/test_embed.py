@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -41,6 +42,23 @@ def test_bundled_model_info(embedder: Embedder) -> None:
     assert embedder.info.supports("en-US") is True
     assert embedder.info.supports("zh") is False
     assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert torch.get_num_threads() == 1  # DEFAULT_THREADS
+
+
+def test_bf16_documents_match_fp32_and_the_choice_is_validated(embedder: Embedder) -> None:
+    texts = ["Invoices are paid within thirty days.", "财务预算 " * 60, "word " * 300]
+    chosen = embedder.precision
+    try:
+        embedder.precision = "bf16"
+        low = embedder.embed_documents(texts)
+        embedder.precision = "fp32"
+        full = embedder.embed_documents(texts)
+    finally:
+        embedder.precision = chosen
+    assert np.all(np.sum(low * full, axis=1) > 0.999)
+    np.testing.assert_allclose(np.linalg.norm(low, axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="precision"):
+        Embedder.load(precision="int4")
 
 
 def test_unknown_languages_are_unknown_not_english() -> None:
@@ -57,7 +75,7 @@ def test_document_vectors_are_normalised_float32(embedder: Embedder) -> None:
     assert embedder.embed_documents([]).shape == (0, 384)
     query = embedder.embed_query("The cat sat on the mat.")
     assert query.shape == (384,)
-    np.testing.assert_allclose(query, vectors[0], atol=1e-5)  # no prompts for this model
+    assert float(query @ vectors[0]) > 0.9999  # no prompts here; documents may run in bf16
 
 
 def test_nearest_passage_is_the_relevant_one(embedder: Embedder) -> None:

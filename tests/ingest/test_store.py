@@ -151,6 +151,8 @@ def test_a_group_never_sees_another_groups_rows(corpus: ChunkStore) -> None:
     assert corpus.search_dense(query, groups=[], limit=10) == []
     assert corpus.search_sparse(terms("budget"), groups=[], limit=10) == []
     assert corpus.search_dense(query, groups=["nobody"], limit=10) == []
+    with pytest.raises(ValueError, match="not one string"):
+        corpus.search_dense(query, groups="finance", limit=10)
 
 
 @pytest.mark.parametrize(
@@ -165,9 +167,7 @@ def test_a_group_never_sees_another_groups_rows(corpus: ChunkStore) -> None:
         "财务",
     ],
 )
-def test_filter_injection_is_refused_before_milvus_is_asked(
-    corpus: ChunkStore, group: str
-) -> None:
+def test_filter_injection_is_refused_before_milvus_is_asked(corpus: ChunkStore, group: str) -> None:
     vector = np.ones(DIM, dtype=np.float32)
     with pytest.raises(IngestError) as info:
         corpus.search_dense(vector, groups=["public", group], limit=5)
@@ -215,21 +215,22 @@ def test_schema_mismatch_is_refused_with_what_to_do(tmp_path: Path) -> None:
     path = tmp_path / "milvus.db"
     with open_store(path) as created:
         created.insert([record("a", "persisted row")])
-    with pytest.raises(SchemaMismatch) as info:
-        open_store(path, dim=768, model_id="acme/e5-large@0123456789ab")
-    message = info.value.diagnostics()
-    assert f"built with {MODEL} (384-d)" in message
-    assert "acme/e5-large@0123456789ab (768-d)" in message
-    assert "appliance docs reindex" in message
-    with pytest.raises(SchemaMismatch, match="other-model"):
-        open_store(path, model_id="other-model")
-    with pytest.raises(SchemaMismatch, match="768-d"):
-        open_store(path, dim=768)
-    with open_store(path) as reopened:
+    with open_store(path) as reopened:  # holds the Lite server for the refused opens below
         assert reopened.count() == 1
-    with open_store(path, collection="scratch", dim=8, model_id="tiny") as other:
+        with pytest.raises(SchemaMismatch) as info:
+            open_store(path, dim=768, model_id="acme/e5-large@0123456789ab")
+        message = info.value.diagnostics()
+        assert f"built with {MODEL} (384-d)" in message
+        assert "acme/e5-large@0123456789ab (768-d)" in message
+        assert "appliance docs reindex" in message
+        with pytest.raises(SchemaMismatch, match="other-model"):
+            open_store(path, model_id="other-model")
+        with pytest.raises(SchemaMismatch, match="768-d"):
+            open_store(path, dim=768)
+        other = open_store(path, collection="scratch", dim=8, model_id="tiny")
         assert other.count() == 0  # another collection in the same file is independent
         other.drop()
+        assert reopened.count() == 1
 
 
 def test_a_foreign_collection_is_not_adopted(tmp_path: Path) -> None:
@@ -254,9 +255,11 @@ def test_bad_records_insert_nothing(store: ChunkStore) -> None:
         ChunkRecord(**{**good.__dict__, "sparse": {2**32 - 1: 1.0}}),
         ChunkRecord(**{**good.__dict__, "sparse": {5: -1.0}}),
         ChunkRecord(**{**good.__dict__, "groups": ()}),
+        ChunkRecord(**{**good.__dict__, "groups": "finance"}),
         ChunkRecord(**{**good.__dict__, "version": -1}),
         ChunkRecord(**{**good.__dict__, "kind": 'text" or 1'}),
-        ChunkRecord(**{**good.__dict__, "payload": "ü"}),
+        ChunkRecord(**{**good.__dict__, "payload": "v1.ü"}),
+        ChunkRecord(**{**good.__dict__, "payload": "Employees may carry over five days."}),
     ]
     for bad in bad_rows:
         with pytest.raises((ValueError, IngestError)):
@@ -291,3 +294,15 @@ def test_limits_and_closed_store(tmp_path: Path) -> None:
         opened.count()
     with pytest.raises(IngestError, match="does not exist"):
         open_store(tmp_path / "missing" / "milvus.db")
+
+
+def test_two_stores_on_one_lite_file_share_its_server(tmp_path: Path) -> None:
+    """Ingest and retrieval may open the same file in one process: closing one keeps the other."""
+    first = open_store(tmp_path / "milvus.db")
+    second = open_store(tmp_path / "milvus.db")
+    first.insert([record("a", "shared row")])
+    first.close()
+    assert second.count() == 1
+    second.close()
+    with open_store(tmp_path / "milvus.db") as third:  # the server restarts on demand
+        assert third.doc_ids() == {"a"}

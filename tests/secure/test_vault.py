@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -56,17 +57,17 @@ def test_round_trip_from_streams(vault: DocumentVault) -> None:
     seekable.read(4)  # a stream is stored from its current position
     assert vault.open_bytes(vault.put(seekable).storage_id) == data
 
-    class Pipe(io.RawIOBase):  # not seekable, no fileno: read into memory, never to disk
-        def __init__(self) -> None:
-            self._inner = io.BytesIO(data)
+    read_fd, write_fd = os.pipe()  # not seekable, no size: read into memory, never to disk
 
-        def readable(self) -> bool:
-            return True
+    def feed() -> None:
+        with os.fdopen(write_fd, "wb") as sink:
+            sink.write(data)
 
-        def readinto(self, view: bytearray) -> int:  # type: ignore[override]
-            return self._inner.readinto(view)
-
-    stored = vault.put(io.BufferedReader(Pipe()))
+    writer = threading.Thread(target=feed)
+    writer.start()
+    with os.fdopen(read_fd, "rb") as pipe:
+        stored = vault.put(pipe)
+    writer.join()
     assert stored.size == len(data)
     assert vault.open_bytes(stored.storage_id) == data
 
