@@ -64,8 +64,11 @@ def test_short_gbk_csv_decodes_as_chinese() -> None:
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.text(alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
-               max_size=200))
+@given(
+    st.text(
+        alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=200
+    )
+)
 def test_utf8_always_round_trips(text: str) -> None:
     # NUL characters are excluded: BOM-less UTF-16 is recognised by its NUL bytes, and text
     # with NULs in it is not plain text (e.g. "0\x00\x80" is also valid UTF-16-LE).
