@@ -237,12 +237,16 @@ class Registry:
                 (source, rel_path),
             ).fetchone()
             if row is None:
-                doc_id = "doc-" + uuid.uuid4().hex[:20]
-                db.execute(
-                    "INSERT INTO documents (doc_id, source, rel_path, group_name, status, "
-                    "content_hmac, size, format, created_at, updated_at) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (doc_id, source, rel_path, group, "indexing", None, size, fmt, now, now),
+                doc_id = _insert_document(
+                    db,
+                    source=source,
+                    rel_path=rel_path,
+                    group=group,
+                    status="indexing",
+                    content_hmac=None,
+                    size=size,
+                    fmt=fmt,
+                    now=now,
                 )
             else:
                 doc_id = row["doc_id"]
@@ -347,27 +351,19 @@ class Registry:
                 (source, rel_path),
             ).fetchone()
             if row is None:
-                doc_id = "doc-" + uuid.uuid4().hex[:20]
-                db.execute(
-                    "INSERT INTO documents (doc_id, source, rel_path, group_name, status, "
-                    "content_hmac, size, format, error_code, error, created_at, updated_at) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        doc_id,
-                        source,
-                        rel_path,
-                        group,
-                        "failed",
-                        content_hmac,
-                        size,
-                        fmt,
-                        code,
-                        reason,
-                        now,
-                        now,
-                    ),
+                return _insert_document(
+                    db,
+                    source=source,
+                    rel_path=rel_path,
+                    group=group,
+                    status="failed",
+                    content_hmac=content_hmac,
+                    size=size,
+                    fmt=fmt,
+                    now=now,
+                    code=code,
+                    reason=reason,
                 )
-                return doc_id
             doc_id = row["doc_id"]
             status = "indexed" if row["status"] == "indexed" else "failed"
             db.execute(
@@ -377,20 +373,6 @@ class Registry:
                 (status, code, reason, now, status, content_hmac, doc_id),
             )
         return doc_id
-
-    def abandon(self, doc_id: str, version: int) -> None:
-        """A version that did not finish (crash or error): never current, chunks to delete."""
-        with self._tx() as db:
-            db.execute(
-                "UPDATE versions SET status='abandoned' WHERE doc_id=? AND version=? AND "
-                "status='indexing'",
-                (doc_id, version),
-            )
-            db.execute(
-                "UPDATE documents SET status='failed' WHERE doc_id=? AND "
-                "current_version=0 AND status='indexing'",
-                (doc_id,),
-            )
 
     def delete(self, doc_id: str, *, now: float | None = None) -> list[Unfinished]:
         """Remove a document from the index; returns its versions (to delete chunks/vault)."""
@@ -541,6 +523,30 @@ class Registry:
                 "SELECT * FROM job_files WHERE job_id=? ORDER BY at", (job_id,)
             ).fetchall()
         return [dict(r) for r in rows]
+
+
+def _insert_document(
+    db: sqlite3.Connection,
+    *,
+    source: str,
+    rel_path: str,
+    group: str,
+    status: str,
+    content_hmac: str | None,
+    size: int,
+    fmt: str,
+    now: float,
+    code: str = "",
+    reason: str = "",
+) -> str:
+    doc_id = "doc-" + uuid.uuid4().hex[:20]
+    db.execute(
+        "INSERT INTO documents (doc_id, source, rel_path, group_name, status, content_hmac, "
+        "size, format, error_code, error, created_at, updated_at) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        (doc_id, source, rel_path, group, status, content_hmac, size, fmt, code, reason, now, now),
+    )
+    return doc_id
 
 
 def _apply(db: sqlite3.Connection, counts: TermCounts, sign: int) -> None:

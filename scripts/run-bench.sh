@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Every benchmark, one after the other (they measure ratios within one run; run on a quiet
+# machine). Results are JSON under bench/results/; docs/benchmarks.md quotes them.
+set -euo pipefail
+venv=${1:-.venv}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+for bench in bench_decrypt bench_model_load bench_sparse bench_fusion bench_retrieval \
+             bench_latency bench_ingest robustness_parse; do
+  echo "== $bench"
+  "$venv/bin/python" "bench/$bench.py"
+done
