@@ -116,7 +116,10 @@ def summarise(
     chunks = totals["chunks"]
     return {
         "files": len(report.files),
-        "crashes": 0,
+        # a file the pipeline could not handle for an unexpected reason is quarantined as
+        # index-error (the batch goes on); a file missing from the report was lost
+        "internal_errors": sum(1 for f in report.files if f.code == "index-error"),
+        "unaccounted_files": sorted(set(categories) - {f.rel_path for f in report.files}),
         "wall_seconds": round(wall, 1),
         "files_per_s": round(len(report.files) / wall, 3),
         "pages_per_s": round(totals["pages"] / wall, 2),

@@ -24,7 +24,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -195,12 +195,21 @@ class Pipeline:
     def _parse_ahead(
         self, pool: ThreadPoolExecutor, items: list[tuple[Candidate, str]]
     ) -> Iterator[tuple[tuple[Candidate, str], Future[Prepared | FileResult]]]:
-        window: list[tuple[tuple[Candidate, str], Future[Prepared | FileResult]]] = []
-        for item in items:
-            window.append((item, pool.submit(self._parse_step, item[0])))
-            if len(window) > self.options.parse_ahead:
-                yield window.pop(0)
-        yield from window
+        """Yield files as their parse finishes (not in folder order), keeping a few parsed
+        ahead, so one slow file (a long OCR) never leaves the embedder idle."""
+        queue = iter(items)
+        pending: dict[Future[Prepared | FileResult], tuple[Candidate, str]] = {}
+        depth = self.options.parse_ahead * 3
+        while True:
+            for item in queue:
+                pending[pool.submit(self._parse_step, item[0])] = item
+                if len(pending) >= depth:
+                    break
+            if not pending:
+                return
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=lambda f: pending[f][0].rel_path):
+                yield pending.pop(future), future
 
     # ----- one file ---------------------------------------------------------------------------
     def _parse_step(self, candidate: Candidate) -> Prepared | FileResult:

@@ -26,7 +26,22 @@ if [ ! -e "$APPLIANCE_HOME/keys/root.sealed" ]; then
     --max-offline 30d --out "$demo/policy.json"
   appliance model install "$demo/model-pkg"
   appliance policy install "$demo/policy.json"
+  secret "$demo/secrets/bob-password"; secret "$demo/secrets/carol-password"
+  appliance users add bob --groups finance --password-file "$demo/secrets/bob-password"
+  appliance users add carol --groups hr --password-file "$demo/secrets/carol-password"
+  mkdir -p "$APPLIANCE_HOME/drop"
+  cp -r appliance/samples/. "$APPLIANCE_HOME/drop/"   # sample documents: public, finance, hr
 fi
+echo "== appliance ingest --once";          appliance ingest --once
+echo "== appliance docs list";              appliance docs list
+echo '== appliance search "what is the per diem abroad?" --user bob'
+appliance search "what is the per diem abroad?" --user bob --limit 2
+echo '== appliance search "Q3 budget of the sales department" --user bob'
+appliance search "Q3 budget of the sales department" --user bob --limit 1
+echo '== appliance search "Q3 budget of the sales department" --user carol   (not in finance)'
+appliance search "Q3 budget of the sales department" --user carol --limit 1
+echo '== appliance search "年假可以结转几天？" --user carol'
+appliance search "年假可以结转几天？" --user carol --limit 1
 echo
 echo "== appliance model verify demo-qwen"; appliance model verify demo-qwen
 echo "== appliance model list";             appliance model list
@@ -35,5 +50,6 @@ echo "== appliance users list";             appliance users list
 echo "== appliance audit verify";           appliance audit verify
 echo "== appliance audit tail";             appliance audit tail -n 8
 echo
-echo "Demo home: $APPLIANCE_HOME (secrets in $demo/secrets; admin user 'admin')."
+echo "Demo home: $APPLIANCE_HOME (secrets in $demo/secrets; users admin, bob (finance), carol (hr))."
+echo "Drop more files into $APPLIANCE_HOME/drop/<group>/ and run 'appliance ingest --once'."
 echo "Try: export APPLIANCE_HOME=$APPLIANCE_HOME APPLIANCE_PASSPHRASE=\$(cat $demo/secrets/passphrase); $venv/bin/appliance --help"

@@ -135,7 +135,10 @@ class Retriever:
 
     def _dense(self, query: str, groups: Sequence[str]) -> list[Hit]:
         vector = self.embedder.embed_query(query)
-        return self.store.search_dense(vector, groups=groups, limit=self.candidates)
+        # 50 dense candidates: while the embedder leads (weight 1, BM25 breaking ties) a dense
+        # rank past 50 cannot reach a fused top 10, and each candidate costs search time
+        # (bench/bench_latency.py). BM25 keeps its full depth: its pin rule reads 50+ scores.
+        return self.store.search_dense(vector, groups=groups, limit=min(self.candidates, 50))
 
     def _sparse(self, query: str, groups: Sequence[str]) -> list[Hit]:
         tokens = self.analyzer(query)
