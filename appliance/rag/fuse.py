@@ -203,7 +203,9 @@ def fuse(
         score = _share(trust.dense, d, k) + _share(trust.sparse, s, k)
         if doc_id == pinned:
             score = (trust.dense + trust.sparse) / (k + 1)  # as if both had ranked it first
-        if score > 0.0:
+        # Kept when a retriever with weight > 0 returned it (a tiny weight may underflow the
+        # score to 0.0; the tie-break by rank still orders such hits).
+        if (d is not None and trust.dense > 0.0) or (s is not None and trust.sparse > 0.0):
             hits.append(_fused(doc_id, score, d, s))
     hits.sort(key=lambda h: (-h.score, h.id != pinned, _best_rank(h), h.id))
     return hits[:limit]

@@ -6,7 +6,7 @@ import itertools
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from appliance.rag.fuse import (
@@ -190,6 +190,9 @@ def _distinct(hits: list[Ranked]) -> list[str]:
 
 @settings(max_examples=300, deadline=None)
 @given(hit_lists(), hit_lists(), WEIGHTS, st.integers(0, 100), st.integers(0, 25))
+@example(  # a subnormal weight underflowed the score to 0.0 and dropped the shared top hit
+    [Ranked("doc0", 0.0)], [Ranked("doc0", 0.0)], (0.0, 5e-324), 1, 1
+)
 def test_fusion_properties(
     dense: list[Ranked], sparse: list[Ranked], w: tuple[float, float], k: int, limit: int
 ) -> None:
