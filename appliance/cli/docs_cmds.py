@@ -190,15 +190,20 @@ def docs_list(ctx: CliContext, group: str | None, status: str | None, as_json: b
         click.echo(f"{r['id']}  {r['status']:<8} {r['group']:<12} {r['path']}  {tail}")
 
 
+def _document(kb: Any, doc_id: str) -> Any:
+    doc = kb.registry.get(doc_id)
+    if doc is None:
+        raise NotFound(f"No document {doc_id}.", hint="See `appliance docs list`.")
+    return doc
+
+
 @docs.command("show")
 @click.argument("doc_id")
 @pass_ctx
 def docs_show(ctx: CliContext, doc_id: str) -> None:
     """One document's record (JSON)."""
     _, kb = knowledge(ctx)
-    doc = kb.registry.get(doc_id)
-    if doc is None:
-        raise NotFound(f"No document {doc_id}.", hint="See `appliance docs list`.")
+    doc = _document(kb, doc_id)
     info = _doc_dict(doc)
     if doc.title_enc:
         info["title"] = kb.cipher.open(f"title:{doc.doc_id}:{doc.version}", doc.title_enc).decode(
@@ -213,9 +218,7 @@ def docs_show(ctx: CliContext, doc_id: str) -> None:
 def docs_delete(ctx: CliContext, doc_id: str) -> None:
     """Remove a document: its chunks leave the index and its vault copy is deleted."""
     app, kb = knowledge(ctx)
-    doc = kb.registry.get(doc_id)
-    if doc is None:
-        raise NotFound(f"No document {doc_id}.", hint="See `appliance docs list`.")
+    doc = _document(kb, doc_id)
     app.secure.record(
         "document.delete",
         actor=ctx.actor(),

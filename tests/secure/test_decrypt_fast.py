@@ -11,7 +11,6 @@ import errno
 import fcntl
 import mmap
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +25,10 @@ from secure.issuer import IssuerKey
 from secure.package import decrypt_package, package_model, unseal_package_key, wipe_buffers
 
 from .helpers import NOW, write_model_dir
+from .test_membuf import is_zero, linux_only
 
 KEY = os.urandom(32)
 MIB = 1 << 20
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux interfaces")
-
-
-def is_zero(buf: Any) -> bool:
-    """Every byte zero (``any(mmap)`` would not do: iterating a map yields 1-byte strings)."""
-    view = memoryview(buf)
-    try:
-        return view.tobytes() == bytes(len(view))
-    finally:
-        view.release()
 
 
 def seal(path: Path, plain: bytes, chunk_size: int) -> Container:
