@@ -30,7 +30,7 @@ from appliance.rag.metrics import summarise  # noqa: E402
 from appliance.rag.retrieve import Retriever  # noqa: E402
 from ingest.embed import Embedder  # noqa: E402
 from ingest.registry import Registry, TermCounts  # noqa: E402
-from ingest.schema import ChunkRecord  # noqa: E402
+from ingest.schema import ChunkRecord, PassageText, seal_passage  # noqa: E402
 from ingest.sparse import Bm25Params, TermHasher, analyze, doc_term_freqs, doc_vector  # noqa: E402
 from ingest.store import ChunkStore  # noqa: E402
 from secure.records import RecordCipher  # noqa: E402
@@ -67,9 +67,6 @@ def build(workdir: Path, n_chunks: int, per_doc: int, embedder: Embedder) -> Ret
             total += sum(tf.values())
             for t in tf:
                 df[t] = df.get(t, 0) + 1
-            body = json.dumps(
-                {"text": texts[j], "section": [], "title": "", "page_start": None, "page_end": None}
-            ).encode()
             records.append(
                 ChunkRecord(
                     id=cid,
@@ -79,7 +76,7 @@ def build(workdir: Path, n_chunks: int, per_doc: int, embedder: Embedder) -> Ret
                     page=-1,
                     kind="text",
                     language="en",
-                    payload=cipher.seal(cid, body),
+                    payload=seal_passage(cipher, cid, PassageText(texts[j])),
                     dense=dense[i],
                     sparse=doc_vector(
                         tf, doc_len=sum(tf.values()), avgdl=avgdl, params=Bm25Params()

@@ -39,6 +39,7 @@ from .errors import IngestError, Rejected
 from .isolate import parse_isolated
 from .parse import ParseLimits
 from .registry import Registry, TermCounts, Unfinished
+from .schema import PassageText, seal_passage
 from .scratch import private_scratch
 from .sparse import Bm25Params, TermHasher, analyze, doc_term_freqs, doc_vector
 from .store import ChunkRecord, ChunkStore
@@ -369,7 +370,9 @@ class Pipeline:
                     page=chunk.page_start if chunk.page_start is not None else -1,
                     kind=chunk.kind,
                     language=chunk.language or "",
-                    payload=self.cipher.seal(chunk_id, _payload(chunk, prepared.parsed.title)),
+                    payload=seal_passage(
+                        self.cipher, chunk_id, _passage(chunk, prepared.parsed.title)
+                    ),
                     dense=vector,
                     sparse=doc_vector(
                         tf, doc_len=length, avgdl=avgdl or 1.0, params=self.options.bm25
@@ -512,18 +515,8 @@ class Pipeline:
         return mac.hexdigest()
 
 
-def _payload(chunk: Chunk, title: str) -> bytes:
-    return json.dumps(
-        {
-            "text": chunk.text,
-            "section": list(chunk.section_path),
-            "title": title,
-            "page_start": chunk.page_start,
-            "page_end": chunk.page_end,
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
-    ).encode("utf-8")
+def _passage(chunk: Chunk, title: str) -> PassageText:
+    return PassageText(chunk.text, chunk.section_path, title, chunk.page_start, chunk.page_end)
 
 
 def _group_problem(candidate: Candidate) -> str:

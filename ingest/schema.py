@@ -264,15 +264,29 @@ class PassageText:
     text: str
     section_path: tuple[str, ...] = ()
     title: str = ""
+    page_start: int | None = None
+    page_end: int | None = None
 
     def to_bytes(self) -> bytes:
-        obj = {"section_path": list(self.section_path), "text": self.text, "title": self.title}
+        obj = {
+            "section_path": list(self.section_path),
+            "text": self.text,
+            "title": self.title,
+            "page_start": self.page_start,
+            "page_end": self.page_end,
+        }
         return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PassageText:
         obj = json.loads(data.decode("utf-8"))
-        return cls(str(obj["text"]), tuple(str(s) for s in obj["section_path"]), str(obj["title"]))
+        return cls(
+            str(obj["text"]),
+            tuple(str(s) for s in obj["section_path"]),
+            str(obj["title"]),
+            obj.get("page_start"),
+            obj.get("page_end"),
+        )
 
     @property
     def section(self) -> str:

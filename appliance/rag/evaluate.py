@@ -105,8 +105,7 @@ def run_queries(
 
 
 def _dedupe(ids: Sequence[str]) -> list[str]:
-    seen: set[str] = set()
-    return [i for i in ids if not (i in seen or seen.add(i))]  # type: ignore[func-returns-value]
+    return list(dict.fromkeys(ids))
 
 
 def evaluate_beir(

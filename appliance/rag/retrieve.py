@@ -9,7 +9,6 @@ Milvus has not caught up yet).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from ingest.registry import Document, Registry
+from ingest.schema import open_passage
 from ingest.sparse import TermHasher, analyze, query_vector
 from ingest.store import ChunkStore, Hit
 from secure.records import RecordCipher
@@ -171,17 +171,17 @@ class Retriever:
         return out
 
     def _passage(self, hit: Hit, item: Fused, doc: Document) -> Passage:
-        body = json.loads(self.cipher.open(hit.id, hit.payload))
+        body = open_passage(self.cipher, hit.id, hit.payload)
         return Passage(
             chunk_id=hit.id,
             doc_id=hit.doc_id,
             document=doc.rel_path,
             group=doc.group,
-            title=body.get("title", ""),
-            section=tuple(body.get("section", ())),
-            page_start=body.get("page_start"),
-            page_end=body.get("page_end"),
-            text=body["text"],
+            title=body.title,
+            section=body.section_path,
+            page_start=body.page_start,
+            page_end=body.page_end,
+            text=body.text,
             score=item.score,
             dense_rank=item.dense_rank,
             sparse_rank=item.sparse_rank,
