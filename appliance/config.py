@@ -130,6 +130,83 @@ class RetrievalSettings(_Section):
     )
 
 
+class LlmSettings(_Section):
+    device: str = Field("cpu", description="where models run: cpu or cuda[:N] (when a GPU exists)")
+    dtype: Literal["stored", "bf16", "fp16", "fp32"] = Field(
+        "stored",
+        description="weight dtype: 'stored' keeps the package's dtype (no copy on CPU); bf16/fp16 "
+        "halve memory on a GPU",
+    )
+    memory_budget_gb: float = Field(
+        0.0,
+        ge=0,
+        description="most memory one model's weights may take (0 = 80 % of available memory); "
+        "weights never spill to disk",
+    )
+    threads: int = Field(0, ge=0, description="CPU threads for generation (0 = all cores)")
+    models: list[str] = Field(
+        default_factory=list,
+        description="models `serve` unlocks at start (empty = every installed model)",
+    )
+    max_new_tokens: int = Field(512, ge=1, description="tokens generated per answer at most")
+    context_tokens: int = Field(
+        0, ge=0, description="prompt budget in tokens (0 = the model's own context length)"
+    )
+    temperature: float = Field(0.0, ge=0, le=2, description="sampling temperature (0 = greedy)")
+    policy_recheck_s: float = Field(
+        60.0, gt=0, description="how often a loaded model's policy is checked again"
+    )
+
+
+class AnswerSettings(_Section):
+    passages: int = Field(6, ge=1, le=50, description="passages offered to the model at most")
+    min_score: float = Field(
+        0.0,
+        ge=0,
+        description="passages scoring below this fused score are not used (0 = keep all)",
+    )
+    extractive_sentences: int = Field(
+        3, ge=1, le=20, description="sentences in an extractive answer"
+    )
+    history_turns: int = Field(
+        4, ge=0, le=50, description="earlier question/answer pairs given to the model"
+    )
+
+
+class ServeSettings(_Section):
+    host: str = Field("127.0.0.1", description="address `serve` listens on")
+    port: int = Field(8080, ge=1, le=65535, description="port `serve` listens on")
+    tls_cert: Path | None = Field(None, description="PEM certificate file: serve HTTPS")
+    tls_key: Path | None = Field(None, description="PEM private key file for tls_cert")
+    max_concurrent: int = Field(
+        2, ge=1, le=64, description="answers generated at the same time"
+    )
+    queue_size: int = Field(
+        32, ge=0, description="requests waiting for a slot before 429 is returned"
+    )
+    queue_timeout_s: float = Field(
+        60.0, gt=0, description="how long a request waits in the queue before 429"
+    )
+    request_timeout_s: float = Field(
+        180.0, gt=0, description="time limit for one answer, queueing excluded"
+    )
+    ui: bool = Field(True, description="mount the staff web UI at /")
+    downloads: bool = Field(
+        True, description="staff may download originals of documents they may see"
+    )
+    session_minutes: int = Field(480, ge=1, description="web sessions expire after this long")
+
+
+class MonitoringSettings(_Section):
+    tasks_kept: int = Field(
+        10000, ge=100, description="recent ingestion jobs and questions kept for status pages"
+    )
+    show_names: bool = Field(
+        False,
+        description="show question text and document names in status, metrics and reports",
+    )
+
+
 class Settings(BaseSettings):
     """All settings of one appliance home."""
 
@@ -169,6 +246,23 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = Field(
         default_factory=RetrievalSettings,  # type: ignore[arg-type]
         description="hybrid search",
+    )
+
+    llm: LlmSettings = Field(
+        default_factory=LlmSettings,  # type: ignore[arg-type]
+        description="the local language model",
+    )
+    answer: AnswerSettings = Field(
+        default_factory=AnswerSettings,  # type: ignore[arg-type]
+        description="how answers are built from passages",
+    )
+    serve: ServeSettings = Field(
+        default_factory=ServeSettings,  # type: ignore[arg-type]
+        description="the HTTP server, API and web UI",
+    )
+    monitoring: MonitoringSettings = Field(
+        default_factory=MonitoringSettings,  # type: ignore[arg-type]
+        description="status, metrics and reports",
     )
 
     @property
