@@ -63,3 +63,25 @@ class Forbidden(ApplianceError):
 
 class ModelLoadError(ApplianceError):
     code = "MODEL_LOAD"
+
+
+class ModelUnavailable(ApplianceError):
+    """No unlocked model can answer this request; ``reason_code`` says why (HTTP 503)."""
+
+    code = "MODEL_UNAVAILABLE"
+
+    def __init__(self, message: str, *, reason_code: str, hint: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.reason_code = reason_code
+
+
+class Overloaded(ApplianceError):
+    """Too many requests are waiting (HTTP 429)."""
+
+    code = "OVERLOADED"
+
+
+class Cancelled(ApplianceError):
+    """The client went away or the time limit passed while answering."""
+
+    code = "CANCELLED"

@@ -112,6 +112,10 @@ class UnlockedHome:
     def derive(self, label: str) -> bytes:
         return derive_key(self._ark, label)
 
+    def reload_state(self) -> None:
+        """Re-read the state file (a long-running server sees revocations made by the CLI)."""
+        self.state = StateFile.load(self.layout.state, derive_key(self._ark, LABEL_STATE_MAC))
+
     def record(
         self,
         action: str,

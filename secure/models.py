@@ -311,25 +311,39 @@ class ModelStore:
         )
 
     def open_model(
-        self, name: str, *, user: str, role: str, now: int, host: HostContext, threads: int = 0
+        self,
+        name: str,
+        *,
+        user: str | None,
+        role: str | None,
+        now: int,
+        host: HostContext,
+        threads: int = 0,
     ) -> OpenedModel:
-        """Unlock ``name`` for ``user``/``role``: every check, then decrypt into memory."""
+        """Unlock ``name`` for ``user``/``role``: every check, then decrypt into memory.
+
+        ``user=None`` is the serving process itself loading a model it will later hand out per
+        request: every policy check runs except :func:`authorize`, which the server then runs for
+        each caller (see ``ModelStore.authorize``).
+        """
+        actor = f"user:{user}" if user is not None else "service:serve"
         try:
             manifest = self.manifest(name)
             result, key = self._effective(name, manifest, now, host)
             grant = result.policy.grant(name)
             assert grant is not None
-            authorize(grant, user=user, role=role)
+            if user is not None:
+                authorize(grant, user=user, role=role or "")
             files = decrypt_package(self.home.layout.models / name, manifest, key, threads=threads)
         except SecureError as exc:
-            self._audit_refusal("model.unlock", f"user:{user}", now, name, exc)
+            self._audit_refusal("model.unlock", actor, now, name, exc)
             raise
-        details: dict[str, str | int | bool] = {"policy": result.policy.policy_id, "role": role}
+        details: dict[str, str | int | bool] = {"policy": result.policy.policy_id}
+        if role is not None:
+            details["role"] = role
         if result.host_changed:
             details["host_factors_changed"] = ",".join(result.host_changed)
-        self.home.record(
-            "model.unlock", actor=f"user:{user}", now=now, object=name, details=details
-        )
+        self.home.record("model.unlock", actor=actor, now=now, object=name, details=details)
         self.home.state.advance_time(now)
         self.home.state.save()
         return OpenedModel(name, result.policy, grant, manifest, files)

@@ -1,0 +1,85 @@
+"""Errors as JSON in the OpenAI shape: ``{"error": {"message", "type", "code", "param"}}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from ingest.errors import IngestError
+from secure.errors import SecureError
+
+from ..errors import (
+    AccountLocked,
+    ApplianceError,
+    AuthError,
+    Cancelled,
+    Forbidden,
+    InvalidInput,
+    ModelUnavailable,
+    NotFound,
+    Overloaded,
+    UsageError,
+)
+
+STATUS: list[tuple[type[Exception], int, str]] = [
+    (AccountLocked, 401, "authentication_error"),
+    (AuthError, 401, "authentication_error"),
+    (Forbidden, 403, "permission_error"),
+    (NotFound, 404, "not_found_error"),
+    (Overloaded, 429, "rate_limit_error"),
+    (ModelUnavailable, 503, "model_unavailable"),
+    (Cancelled, 408, "timeout_error"),
+    (InvalidInput, 400, "invalid_request_error"),
+    (UsageError, 400, "invalid_request_error"),
+]
+
+
+def error_body(message: str, *, type_: str, code: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "code": code, "param": None, **extra}}
+
+
+def status_of(exc: Exception) -> tuple[int, str]:
+    for cls, status, type_ in STATUS:
+        if isinstance(exc, cls):
+            return status, type_
+    return 500, "server_error"
+
+
+def to_response(exc: ApplianceError | SecureError | IngestError) -> JSONResponse:
+    status, type_ = status_of(exc)
+    extra: dict[str, Any] = {}
+    reason = getattr(exc, "reason_code", None)
+    if reason:
+        extra["reason"] = reason
+    hint = getattr(exc, "hint", "")
+    if hint:
+        extra["hint"] = hint
+    message = getattr(exc, "message", str(exc))
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = {"Retry-After": "5"} if status == 429 else headers
+    body = error_body(message, type_=type_, code=exc.code, **extra)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def install_handlers(app: Any) -> None:
+    async def appliance_error(request: Request, exc: Exception) -> JSONResponse:
+        return to_response(exc)  # type: ignore[arg-type]
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}"
+            for e in exc.errors()  # type: ignore[attr-defined]
+        )
+        return JSONResponse(
+            error_body(
+                f"Invalid request: {problems}", type_="invalid_request_error", code="INVALID_INPUT"
+            ),
+            status_code=400,
+        )
+
+    for cls in (ApplianceError, SecureError, IngestError):
+        app.add_exception_handler(cls, appliance_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
