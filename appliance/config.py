@@ -178,9 +178,7 @@ class ServeSettings(_Section):
     port: int = Field(8080, ge=1, le=65535, description="port `serve` listens on")
     tls_cert: Path | None = Field(None, description="PEM certificate file: serve HTTPS")
     tls_key: Path | None = Field(None, description="PEM private key file for tls_cert")
-    max_concurrent: int = Field(
-        2, ge=1, le=64, description="answers generated at the same time"
-    )
+    max_concurrent: int = Field(2, ge=1, le=64, description="answers generated at the same time")
     queue_size: int = Field(
         32, ge=0, description="requests waiting for a slot before 429 is returned"
     )
@@ -191,6 +189,11 @@ class ServeSettings(_Section):
         180.0, gt=0, description="time limit for one answer, queueing excluded"
     )
     ui: bool = Field(True, description="mount the staff web UI at /")
+    watch_drop: bool = Field(
+        True,
+        description="ingest files appearing in the drop folder while serving (instead of a "
+        "separate `ingest --watch`, which cannot share a Milvus Lite file with the server)",
+    )
     downloads: bool = Field(
         True, description="staff may download originals of documents they may see"
     )

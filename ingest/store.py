@@ -66,6 +66,7 @@ from .schema import (
 __all__ = ["ChunkStore"]
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+_CHUNK_ID = re.compile(r"[A-Za-z0-9._-]{1,256}:[0-9]{1,18}:[0-9]{1,18}")
 _BATCH_ROWS = 512
 _BATCH_BYTES = 16 << 20
 _ITER_BATCH = 4096
@@ -251,6 +252,21 @@ class ChunkStore:
             output_fields=list(OUTPUT_FIELDS),
         )
         return [Hit.from_result(hit) for hit in result[0]]
+
+    def get(self, chunk_id: str) -> Hit | None:
+        """One row by its id (score 0), e.g. to show a cited passage again; None if absent.
+        The id must look like ``<doc_id>:<version>:<index>`` (it reaches a filter)."""
+        if not isinstance(chunk_id, str) or not _CHUNK_ID.fullmatch(chunk_id):
+            raise ValueError(f"Invalid chunk id {chunk_id!r}.")
+        rows = self._call(
+            "query",
+            self.name,
+            filter=f'{F_ID} == "{chunk_id}"',
+            output_fields=[F_ID, *OUTPUT_FIELDS],
+        )
+        if not rows:
+            return None
+        return Hit.from_result({"id": rows[0][F_ID], "distance": 0.0, "entity": rows[0]})
 
     def count(self) -> int:
         """Rows visible now (deleted rows excluded)."""

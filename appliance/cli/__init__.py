@@ -21,6 +21,8 @@ from .admin_cmds import audit, keys, users
 from .docs_cmds import docs, eval_group, ingest, search
 from .init_cmds import identity, init, issuer
 from .model_cmds import model, policy
+from .ops_cmds import report, status
+from .serve_cmds import ask, serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -57,6 +59,10 @@ for command in (
     docs,
     search,
     eval_group,
+    status,
+    report,
+    serve,
+    ask,
 ):
     cli.add_command(command)
 

@@ -24,9 +24,13 @@ def knowledge(ctx: CliContext) -> tuple[Any, Any]:
 
 
 def audit_events(app: Any, ctx: CliContext) -> Any:
+    """The audit sink plus the ops sink (task store: `appliance status` and `report`)."""
     from ..knowledge import AuditEvents
+    from ..ops.events import FanoutEvents, OpsEvents
+    from ..ops.tasks import TaskStore
 
-    return AuditEvents(app.secure, actor=ctx.actor())
+    ops = OpsEvents(tasks=TaskStore.for_settings(app.settings))
+    return FanoutEvents(AuditEvents(app.secure, actor=ctx.actor()), ops)
 
 
 class _Progress:
@@ -81,13 +85,16 @@ def ingest(ctx: CliContext, mode: str, as_json: bool) -> None:
                 if f.outcome != "unchanged":
                     click.echo(_line(f))
 
+        from ..ops.runtime_state import watch_heartbeat
+
         try:
-            watch(
-                pipeline.drop,
-                run_pass,
-                interval_s=settings.watch_interval_s,
-                settle_s=settings.settle_s,
-            )
+            with watch_heartbeat(app.settings.home, mode=settings.mode) as counted:
+                watch(
+                    pipeline.drop,
+                    counted(run_pass),
+                    interval_s=settings.watch_interval_s,
+                    settle_s=settings.settle_s,
+                )
         except KeyboardInterrupt:
             click.echo("Stopped.", err=True)
         return

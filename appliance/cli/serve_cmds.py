@@ -56,9 +56,13 @@ def serve(ctx: CliContext, host: str | None, port: int | None, no_ui: bool) -> N
     tls = _tls_files(s.tls_cert, s.tls_key)
     runtime = open_runtime(ctx)
     report_models(runtime)
-    from ..serve.server import build_app
+    from ..serve.server import build_app, start_heartbeat
 
     app = build_app(runtime, ui=s.ui and not no_ui)
+    stop_heartbeat = start_heartbeat(runtime)
+    if s.watch_drop:
+        runtime.uploads.watch_drop(settings.ingest.watch_interval_s)
+        click.echo(f"watching the drop folder {settings.drop_dir}", err=True)
     scheme = "https" if tls else "http"
     bind_host, bind_port = host or s.host, port or s.port
     click.echo(f"serving on {scheme}://{bind_host}:{bind_port}/", err=True)
@@ -73,6 +77,7 @@ def serve(ctx: CliContext, host: str | None, port: int | None, no_ui: bool) -> N
             timeout_graceful_shutdown=10,
         )
     finally:
+        stop_heartbeat()
         runtime.close()
 
 

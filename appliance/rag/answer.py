@@ -109,6 +109,7 @@ class Answer:
     generation_ms: float = 0.0
     first_token_ms: float | None = None
     question_id: str = ""
+    question: str = ""  # kept in memory; stored by monitoring only if settings allow
 
     @property
     def label(self) -> str:
@@ -316,6 +317,7 @@ class AnswerEngine:
             retrieval_ms=retrieval_ms,
             generation_ms=(time.perf_counter() - t0) * 1e3,
             question_id=turn.qid,
+            question=turn.question,
         )
 
     def _generative(
@@ -400,6 +402,7 @@ class AnswerEngine:
             generation_ms=stats.seconds * 1e3,
             first_token_ms=None if stats.first_token_s is None else stats.first_token_s * 1e3,
             question_id=turn.qid,
+            question=turn.question,
         )
 
     # ----- audit and observers --------------------------------------------------------------

@@ -206,7 +206,7 @@ class ModelManager:
             )
         if slot is not None:
             return ModelUnavailable(
-                f"Model {name} is locked: {slot.state.reason}",
+                f"Model {name} is locked [{slot.state.reason_code}]: {slot.state.reason}",
                 reason_code=slot.state.reason_code,
                 hint="Ask the administrator for a valid policy.",
             )

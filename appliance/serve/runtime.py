@@ -16,10 +16,14 @@ from typing import Any
 import psutil
 
 from ..config import Settings
-from ..knowledge import Knowledge, effective_groups
+from ..knowledge import AuditEvents, Knowledge, effective_groups
 from ..llm.hardening import disable_core_dumps, offline_env
 from ..llm.loader import LoadOptions
+from ..ops.events import FanoutEvents, OpsEvents
+from ..ops.metrics import Metrics
+from ..ops.tasks import TaskStore
 from ..rag.answer import AnswerEngine, EngineOptions
+from ..uploads import Uploads
 from ..wiring import Appliance, open_appliance
 from .models import ModelManager
 
@@ -60,6 +64,9 @@ class Runtime:
     knowledge: Knowledge
     models: ModelManager
     engine: AnswerEngine
+    metrics: Metrics
+    task_store: TaskStore
+    uploads: Uploads
     clock: Clock = time.time
     started_at: float = field(default_factory=time.time)
     extras: dict[str, Any] = field(default_factory=dict)
@@ -94,6 +101,8 @@ class Runtime:
         knowledge = knowledge or Knowledge(settings, app.secure)
         knowledge.retriever  # noqa: B018 - open the embedder and Milvus before any model
         _generation_threads(settings)
+        metrics = Metrics()
+        task_store = TaskStore.for_settings(settings)
         models = ModelManager(
             app.models,
             app.secure,
@@ -102,6 +111,7 @@ class Runtime:
             names=settings.llm.models,
             decrypt_threads=settings.security.decrypt_threads,
             recheck_s=settings.llm.policy_recheck_s,
+            on_event=_unlock_metrics(metrics),
         )
         engine = AnswerEngine(
             retriever=knowledge.retriever,
@@ -110,8 +120,13 @@ class Runtime:
             options=engine_options(settings),
             groups_of=lambda user: effective_groups(user.groups),
             clock=clock,
+            observers=[metrics.observe_answer, task_store.observe_answer],
         )
-        runtime = cls(settings, app, knowledge, models, engine, clock, started_at=clock())
+        events = ingest_events(app, task_store, metrics)
+        uploads = Uploads(knowledge, events=events, clock=clock)
+        runtime = cls(
+            settings, app, knowledge, models, engine, metrics, task_store, uploads, clock, clock()
+        )
         if load_models:
             models.load_all()
         if watchdog:
@@ -119,7 +134,34 @@ class Runtime:
         return runtime
 
     def close(self) -> None:
+        self.uploads.close()
+        for extra in self.extras.values():
+            closer = getattr(extra, "close", None)
+            if callable(closer):
+                closer()
         self.models.close()
+        self.task_store.close()
+
+
+def ingest_events(
+    app: Appliance, tasks: TaskStore, metrics: Metrics, actor: str = "service:serve"
+) -> FanoutEvents:
+    """Where ingestion inside the server reports: audit log, task store and metrics."""
+    return FanoutEvents(
+        AuditEvents(app.secure, actor=actor), OpsEvents(tasks=tasks, metrics=metrics)
+    )
+
+
+def _unlock_metrics(metrics: Metrics) -> Callable[[str, str, str], None]:
+    def on_event(event: str, model: str, code: str) -> None:
+        if event == "load":
+            metrics.unlock(model, "ok", code)
+        elif event == "refused":
+            metrics.unlock(model, "refused", code)
+        elif event == "unload":
+            metrics.unlock(model, "unloaded", code)
+
+    return on_event
 
 
 def _generation_threads(settings: Settings) -> None:

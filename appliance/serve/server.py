@@ -6,6 +6,9 @@ The web UI lives in the `ui` package, a layer *above* `appliance`; it registers 
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -13,15 +16,44 @@ from fastapi import FastAPI
 
 from ..api.app import create_app
 from ..errors import ConfigError
+from ..ops.http import mount_ops
+from ..ops.runtime_state import Publisher
+from ..ops.status import server_info
 
 WEB_ENTRY_POINTS = "appliance.web"
 
 
 def build_app(runtime: Any, *, ui: bool = True) -> FastAPI:
+    """API routes, then /healthz /readyz /metrics, then the web UI (mounted at "/", so last)."""
     app = create_app(runtime)
+    mount_ops(app, runtime)
     if ui:
         mount_web_extensions(app, runtime)
     return app
+
+
+def start_heartbeat(runtime: Any, *, interval_s: float = 10.0) -> Callable[[], None]:
+    """Publish `<home>/run/serve.json` (models, Milvus) for `appliance status` in another
+    process; returns the function that stops it."""
+    publisher = Publisher(runtime.settings.home, "serve", interval_s=interval_s).start()
+    stop = threading.Event()
+
+    def loop() -> None:
+        while True:
+            with contextlib.suppress(Exception):  # status reporting must never stop serving
+                publisher.update(**server_info(runtime))
+            if stop.wait(interval_s):
+                return
+
+    thread = threading.Thread(target=loop, name="serve-heartbeat", daemon=True)
+    thread.start()
+
+    def halt() -> None:
+        stop.set()
+        thread.join(timeout=5)
+        publisher.stop()
+
+    return halt
 
 
 def mount_web_extensions(app: FastAPI, runtime: Any) -> list[str]:

@@ -129,6 +129,7 @@ def ingest_docs(app: Appliance, docs: dict[str, str], *, embedder: Any = None) -
         path.write_text(text, encoding="utf-8")
     kb = knowledge_for(app, embedder)
     kb.pipeline().run_once()
+    kb.store.close()  # Milvus Lite: one process at a time may hold the file
 
 
 def open_runtime(

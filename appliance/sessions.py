@@ -1,0 +1,184 @@
+"""Server-side web sessions for the staff UI.
+
+A login through :meth:`UserStore.authenticate` (which owns the lockout) gives a random 256-bit
+session id, sent to the browser once as an HttpOnly, SameSite=Strict cookie; the database keeps
+only its SHA-256, so a copied ``sessions.db`` opens no session. Every request resolves the id to
+the *current* account: a session ends when it expires (``serve.session_minutes`` after login),
+at logout, and as soon as its user is disabled, removed or has a new password. Logins are audited
+(success and failure, with the user name typed); time is always passed in (unix seconds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from secure.home import UnlockedHome
+
+from .errors import ApplianceError, AuthError, NotFound
+from .users import User, UserStore
+
+SESSIONS_FILE = "sessions.db"
+COOKIE_NAME = "kapp_session"
+_ID = re.compile(r"[A-Za-z0-9_-]{43}")
+_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id_hash TEXT PRIMARY KEY,
+    user TEXT NOT NULL COLLATE NOCASE,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions(user);
+"""
+
+
+@dataclass(frozen=True)
+class Session:
+    """A resolved session: the account as it is now, and when the session ends."""
+
+    user: User
+    created_at: int
+    expires_at: int
+
+
+class SessionStore:
+    """Sessions in one SQLite file; each call opens a short connection (safe across threads)."""
+
+    def __init__(
+        self, path: Path, users: UserStore, home: UnlockedHome, *, minutes: int = 480
+    ) -> None:
+        if minutes < 1:
+            raise ValueError("Sessions must last at least one minute.")
+        self.path, self.users, self.home = Path(path), users, home
+        self.lifetime_s = minutes * 60
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        with self._db() as db:
+            db.executescript(_SCHEMA)
+
+    def login(self, name: str, password: str, *, now: int, client: str = "") -> tuple[str, User]:
+        """(session id, user) for a right password; AuthError otherwise (audited either way)."""
+        shown = name if isinstance(name, str) and _NAME.fullmatch(name) else "(invalid name)"
+        details = {"client": client[:64]} if client else {}
+        try:
+            user = self.users.authenticate(name, password, now=now)
+        except AuthError as exc:
+            self.home.record(
+                "session.login",
+                actor=f"user:{shown}",
+                now=now,
+                outcome="refused",
+                reason=exc.code,
+                details=details,
+            )
+            raise
+        self.home.record("session.login", actor=f"user:{user.name}", now=now, details=details)
+        session_id = secrets.token_urlsafe(32)
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO sessions VALUES (?, ?, ?, ?, ?)",
+                (_hash(session_id), user.name, now, now + self.lifetime_s, now),
+            )
+        return session_id, user
+
+    def resolve(self, session_id: str | None, *, now: int) -> Session:
+        """The session's current account; AuthError (code SESSION_INVALID) if it has ended."""
+        if not isinstance(session_id, str) or not _ID.fullmatch(session_id):
+            raise _invalid()
+        key = _hash(session_id)
+        with self._db() as db:
+            row = db.execute(
+                "SELECT user, created_at, expires_at FROM sessions WHERE id_hash = ?", (key,)
+            ).fetchone()
+        if row is None:
+            raise _invalid()
+        name, created, expires = row
+        user = self._current_user(name)
+        ended = user is None or user.disabled or user.password_changed_at > created
+        if ended or now >= expires:
+            self._delete(key)
+            raise _invalid()
+        assert user is not None
+        with self._db() as db:
+            db.execute("UPDATE sessions SET last_seen = ? WHERE id_hash = ?", (now, key))
+        return Session(user, created, expires)
+
+    def logout(self, session_id: str | None, *, now: int) -> bool:
+        """End one session; True if it existed (audited)."""
+        if not isinstance(session_id, str) or not _ID.fullmatch(session_id):
+            return False
+        key = _hash(session_id)
+        with self._db() as db:
+            row = db.execute("SELECT user FROM sessions WHERE id_hash = ?", (key,)).fetchone()
+        if row is None:
+            return False
+        self.home.record("session.logout", actor=f"user:{row[0]}", now=now)
+        self._delete(key)
+        return True
+
+    def end_user_sessions(self, name: str) -> int:
+        """End every session of ``name`` (after disabling, removing or a password reset)."""
+        with self._db() as db:
+            return db.execute("DELETE FROM sessions WHERE user = ?", (name,)).rowcount
+
+    def active(self, *, now: int) -> int:
+        with self._db() as db:
+            row = db.execute(
+                "SELECT COUNT(*) FROM sessions WHERE expires_at > ?", (now,)
+            ).fetchone()
+        return int(row[0])
+
+    def purge(self, *, now: int) -> int:
+        """Forget expired sessions; returns how many."""
+        with self._db() as db:
+            return db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,)).rowcount
+
+    def _current_user(self, name: str) -> User | None:
+        try:
+            return self.users.get(name)
+        except NotFound:
+            return None
+
+    def _delete(self, key: str) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM sessions WHERE id_hash = ?", (key,))
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        try:
+            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise self._broken(exc) from exc
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            yield db
+        except sqlite3.Error as exc:
+            raise self._broken(exc) from exc
+        finally:
+            db.close()
+
+    def _broken(self, exc: Exception) -> ApplianceError:
+        return ApplianceError(
+            f"The session database at {self.path} cannot be used ({exc}).",
+            code="SESSION_STORE",
+            hint="Check permissions; deleting the file only logs everyone out.",
+        )
+
+
+def _hash(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode("ascii")).hexdigest()
+
+
+def _invalid() -> AuthError:
+    return AuthError(
+        "Your session has ended.", code="SESSION_INVALID", hint="Log in again to continue."
+    )

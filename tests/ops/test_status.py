@@ -1,0 +1,156 @@
+"""`collect_status` and `appliance status` on a real home with a model locked for a known reason."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from appliance.cli import cli
+from appliance.ops import runtime_state
+from appliance.ops.render import render_status
+from appliance.ops.services import redact_uri, tls_status
+from appliance.ops.status import collect_status
+from appliance.ops.tasks import TaskStore
+
+from .conftest import DAY, PASSPHRASE, OpsHome
+
+
+def _status(h: OpsHome, tasks: TaskStore) -> dict:
+    return collect_status(h.app, h.knowledge, now=h.now, task_store=tasks, cpu_interval_s=0.0)
+
+
+def test_locked_model_reason_and_days_left(ops_home: OpsHome, tmp_path: Path) -> None:
+    tasks = TaskStore(tmp_path / "tasks.db")
+    s = _status(ops_home, tasks)
+    models = {m["name"]: m for m in s["service"]["models"]}
+    old, new = models["old-model"], models["new-model"]
+    assert old["state"] == "locked" and old["reason_code"] == "EXPIRED"
+    assert "expired" in old["reason"].lower() and old["days_left"] == -2.0
+    assert old["policy"] == ops_home.expired_policy
+    assert new["state"] == "unlockable" and new["days_left"] == 30.0
+    assert new["policy"] == ops_home.valid_policy and new["reason_code"] == "OK"
+    assert s["overall"]["state"] == "degraded"
+    codes = {(p["code"], p["message"].split(":")[0]) for p in s["overall"]["problems"]}
+    assert ("MODEL_LOCKED", "old-model") in codes
+    text = render_status(s)
+    assert "old-model: LOCKED [EXPIRED]" in text and "ended 2.0 days ago" in text
+    assert "new-model: unlockable (policy " in text and "30.0 days left" in text
+    json.dumps(s)  # the JSON view needs no custom encoder
+
+
+def test_service_levels_are_real(ops_home: OpsHome, tmp_path: Path) -> None:
+    tasks = TaskStore(tmp_path / "tasks.db")
+    s = _status(ops_home, tasks)
+    milvus = s["service"]["milvus"]
+    assert milvus["reachable"] is True and milvus["rows"] == 0 and milvus["kind"] == "lite"
+    assert s["service"]["audit"]["writable"] is True
+    assert s["service"]["documents"] == {"indexed": 0, "failed": 0, "indexing": 0}
+    assert s["service"]["tls"]["configured"] is False
+    disks = {d["name"]: d for d in s["component"]["disks"]}
+    assert set(disks) == {"home", "drop", "vault", "milvus"}
+    assert disks["home"]["bytes"] > disks["milvus"]["bytes"] > 0
+    assert s["component"]["gpu"]["available"] in (True, False)
+    assert "reason" in s["component"]["gpu"] or s["component"]["gpu"]["devices"]
+    node = s["node"]
+    assert node["server"]["running"] is False and "no heartbeat" in node["server"]["reason"]
+    assert node["settings"]["milvus_uri"].endswith("chunks.db")
+    assert "token" not in json.dumps(node["settings"])
+
+
+def test_watcher_heartbeat_and_queue(ops_home: OpsHome, tmp_path: Path) -> None:
+    drop = ops_home.settings.drop_dir / "finance"
+    drop.mkdir(parents=True, exist_ok=True)
+    for name in ("a.txt", "b.txt"):
+        (drop / name).write_text("pending")
+    home = ops_home.settings.home
+    runtime_state.publish(home, "watch", {"passes": 3, "last_pass_at": ops_home.now})
+    try:
+        s = _status(ops_home, TaskStore(tmp_path / "tasks.db"))
+    finally:
+        runtime_state.clear(home, "watch")
+        for name in ("a.txt", "b.txt"):
+            (drop / name).unlink()
+    ing = s["service"]["ingestion"]
+    assert ing["watcher"]["alive"] is True and ing["watcher"]["passes"] == 3
+    assert ing["queue"] == 2 and ing["mode"] == "inbox"
+    procs = {p["role"]: p for p in s["component"]["processes"]}
+    assert procs["watch"]["running"] and procs["watch"]["rss"] > 10 * 2**20
+    assert "watcher alive" in render_status(s)
+
+
+def test_task_level_shows_recent_work(ops_home: OpsHome, tmp_path: Path) -> None:
+    tasks = TaskStore(tmp_path / "tasks.db")
+    tasks.record_question(
+        groups=["hr"],
+        channel="api",
+        mode="generative",
+        outcome="answered",
+        model="new-model",
+        retrieval_ms=12.0,
+        generation_ms=2000.0,
+        tokens=50,
+    )
+    tasks.record_ingest(outcome="failed", group="hr", code="encrypted", stages={"parse_s": 0.5})
+    s = _status(ops_home, tasks)
+    q = s["task"]["questions"][0]
+    assert q["tokens_per_s"] == 25.0 and q["retrieval_ms"] == 12.0
+    assert s["task"]["summary"]["retrieval_p50_ms"] == 12.0
+    assert s["node"]["last_errors"][0]["code"] == "encrypted"
+    text = render_status(s)
+    assert "25.0 tok/s" in text and "[encrypted]" in text
+
+
+def test_cli_status_shows_every_level(ops_home: OpsHome) -> None:
+    env = {
+        "APPLIANCE_HOME": str(ops_home.settings.home),
+        "APPLIANCE_PASSPHRASE": PASSPHRASE,
+        "APPLIANCE__SECURITY__KDF_COST_LOG2": "10",
+    }
+    result = CliRunner().invoke(cli, ["status"], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    for title in ("Component", "Service", "Appliance", "Tasks"):
+        assert f"\n{title}\n" in out
+    assert "old-model: LOCKED [EXPIRED]" in out and "30.0 days left" in out
+    assert "DEGRADED" in out and "milvus     lite" in out
+
+
+def _cert(path: Path, days: int) -> Path:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "appliance.test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_tls_expiry(tmp_path: Path) -> None:
+    now = int(dt.datetime.now(dt.UTC).timestamp())
+    soon = tls_status(_cert(tmp_path / "soon.pem", 10), now=now)
+    assert soon["state"] == "expiring" and 9.9 < soon["days_left"] <= 10.0
+    assert "CN=appliance.test" in soon["subject"]
+    assert tls_status(_cert(tmp_path / "ok.pem", 200), now=now)["state"] == "ok"
+    assert tls_status(tmp_path / "soon.pem", now=now + 11 * DAY)["state"] == "expired"
+    (tmp_path / "bad.pem").write_text("not a certificate")
+    assert tls_status(tmp_path / "bad.pem", now=now)["state"] == "unreadable"
+
+
+def test_redact_uri() -> None:
+    assert redact_uri("http://root:secret@milvus:19530/db") == "http://milvus:19530/db"
+    assert redact_uri("/data/milvus/chunks.db") == "/data/milvus/chunks.db"

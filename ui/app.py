@@ -1,0 +1,142 @@
+"""The staff web UI: a Gradio app mounted at ``/`` of the `appliance serve` FastAPI app.
+
+:func:`mount_ui` is registered as the ``appliance.web`` entry point ``ui``. Layout and event
+wiring live in ``ui/pages``; formatting is pure (``ui/format.py``); every event resolves its user
+from the session cookie on the server (``ui/context.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import gradio as gr
+from fastapi import FastAPI
+
+from .context import UiContext, guarded
+from .format import mode_label
+from .i18n import TABLES, t
+from .pages import admin, admin_users, chat, history, upload
+from .routes import LoginRedirect, add_routes
+
+CITE_JS = """<script>
+document.addEventListener('click', function (e) {
+  var a = e.target.closest ? e.target.closest('a.cite') : null;
+  if (!a) return;
+  e.preventDefault();
+  var el = document.getElementById('src-' + a.dataset.turn + '-' + a.dataset.n);
+  if (!el) return;
+  document.querySelectorAll('details.source.active').forEach(function (d) {
+    d.classList.remove('active');
+  });
+  el.open = true;
+  el.classList.add('active');
+  el.scrollIntoView({block: 'nearest'});
+});
+</script>"""
+CSS = """
+.conversation .turn{margin-bottom:1rem}.conversation .question{font-weight:600}
+.conversation .mode{font-size:.8em;opacity:.7}a.cite{font-weight:600;text-decoration:none}
+details.source{border:1px solid #ddd;border-radius:6px;padding:.4rem;margin:.3rem 0}
+details.source.active{border-color:#2563eb}details.source .meta{font-size:.85em;opacity:.8}
+details.source mark{background:#fde68a}.kapp-table td,.kapp-table th{padding:2px 6px}
+"""
+
+
+def _key(key: str) -> str:
+    return key.replace(".", "_")  # the browser's i18n library reads dots as nesting
+
+
+def i18n() -> gr.I18n:
+    return gr.I18n(
+        **{lang: {_key(k): v for k, v in table.items()} for lang, table in TABLES.items()}
+    )
+
+
+def build_blocks(ctx: UiContext, labels: gr.I18n) -> gr.Blocks:
+
+    def L(key: str) -> Any:
+        return labels(_key(key))
+
+    with gr.Blocks(title=TABLES["en"]["app.title"]) as blocks:
+        with gr.Row():
+            header = gr.HTML(elem_id="header")
+            mode = gr.Markdown(elem_id="mode")
+        with gr.Tabs():
+            with gr.Tab(L("tab.chat"), id="chat"):
+                parts = chat.build(ctx, L)
+            with gr.Tab(L("tab.upload"), id="upload"):
+                up = upload.build(ctx, L)
+            with gr.Tab(L("tab.history"), id="history"):
+                history.build(ctx, L, parts)
+            with gr.Tab(L("tab.admin"), id="admin", visible=False) as admin_tab, gr.Tabs():
+                with gr.Tab(L("admin.documents")):
+                    admin.build_documents(ctx, L)
+                with gr.Tab(L("admin.failures")):
+                    admin.build_failures(ctx, L)
+                with gr.Tab(L("admin.models")):
+                    admin.build_models(ctx, L)
+                with gr.Tab(L("admin.users")):
+                    admin_users.build(ctx, L)
+                with gr.Tab(L("admin.audit")):
+                    admin.build_audit(ctx, L)
+                with gr.Tab(L("admin.status")):
+                    admin.build_status(ctx, L)
+
+        @guarded
+        def on_load(request: gr.Request) -> tuple[Any, ...]:
+            user, lang = ctx.user(request), ctx.lang(request)
+            m, model, _ = ctx.runtime.engine.mode()
+            return (
+                header_html(user, lang),
+                f"**{mode_label(m, model, lang)}**",
+                gr.update(visible=user.is_admin),
+                upload.group_choices(ctx, user),
+            )
+
+        blocks.load(on_load, None, [header, mode, admin_tab, up["group"]])
+    return blocks
+
+
+def header_html(user: Any, lang: str) -> str:
+    import html
+
+    return (
+        f'<div id="whoami">{html.escape(t(lang, "signed_in_as"))} '
+        f'<b id="username">{html.escape(user.name)}</b> ({html.escape(user.role)})'
+        '<form method="post" action="/logout" style="display:inline;margin-left:1rem">'
+        f'<button type="submit" id="logout">{html.escape(t(lang, "logout"))}</button>'
+        "</form></div>"
+    )
+
+
+def mount_ui(app: FastAPI, runtime: Any) -> None:
+    """Add the login/logout/source/download routes and mount the Gradio UI at ``/``.
+
+    Call it after every other route is registered: the mount at ``/`` matches any path.
+    Uploads land first in a private folder under the home (Gradio's cache), and are moved into
+    the drop folder at once.
+    """
+    settings = runtime.settings
+    cache = settings.home / "tmp" / "ui"
+    cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.environ["GRADIO_TEMP_DIR"] = str(cache)  # Gradio reads it when the app is mounted
+    ctx = UiContext.build(runtime)
+    runtime.extras["ui"] = ctx
+    add_routes(app, ctx)
+    app.add_middleware(LoginRedirect, ctx=ctx)
+    labels = i18n()
+    blocks = build_blocks(ctx, labels)
+    gr.mount_gradio_app(
+        app,
+        blocks,
+        path="/",
+        auth_dependency=lambda request: ctx.session_name(request.cookies),
+        max_file_size=settings.ingest.max_file_mb * 2**20,
+        footer_links=[],
+        run_history=False,
+        i18n=labels,
+        css=CSS,
+        head=CITE_JS,
+        show_error=True,
+    )

@@ -1,0 +1,200 @@
+"""Admin tabs: documents, ingestion failures, models and policies, audit log, system status.
+
+Every handler checks the admin role from the session (:meth:`UiContext.admin`), whatever the
+browser shows; the services are the ones the CLI calls (`docs delete/reindex`, `audit verify`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+
+from appliance.knowledge import AuditEvents
+from secure.audit import verify_log
+from secure.keys import LABEL_AUDIT_MAC
+
+from ..context import UiContext, guarded
+from ..format import audit_rows, document_rows, html_table, model_rows, status_markdown
+from ..i18n import t
+
+Label = Callable[[str], Any]
+AUDIT_ROWS = 50
+_DOC_COLS = ("col.id", "col.path", "col.group", "col.status", "col.pages", "col.chunks",
+             "col.error", "col.updated")  # fmt: skip
+_MODEL_COLS = ("col.name", "col.loaded", "col.reason", "col.valid_until", "col.binding",
+               "col.last_check")  # fmt: skip
+_AUDIT_COLS = ("col.seq", "col.time", "col.actor", "col.action", "col.object", "col.outcome")
+
+
+def _heads(lang: str, keys: tuple[str, ...]) -> list[str]:
+    return [t(lang, k) for k in keys]
+
+
+def documents_html(ctx: UiContext, lang: str, group: str, status: str) -> str:
+    docs = ctx.runtime.knowledge.registry.documents(
+        group=group.strip().lower() or None, status=status or None
+    )
+    return html_table(_heads(lang, _DOC_COLS), document_rows(docs), table_id="documents")
+
+
+def build_documents(ctx: UiContext, L: Label) -> None:
+    with gr.Row():
+        group = gr.Textbox(label=L("admin.filter_group"), elem_id="docs-group")
+        status = gr.Dropdown(
+            ["", "indexed", "failed", "indexing"], value="", label=L("admin.filter_status")
+        )
+        refresh = gr.Button(L("admin.refresh"), elem_id="docs-refresh")
+    table = gr.HTML(elem_id="docs-table")
+    with gr.Row():
+        doc_id = gr.Textbox(label=L("admin.doc_id"), elem_id="docs-id")
+        delete = gr.Button(L("admin.delete"), variant="stop", elem_id="docs-delete")
+        reindex = gr.Button(L("admin.reindex"), elem_id="docs-reindex")
+    result = gr.Markdown()
+
+    @guarded
+    def show(g: str, s: str, request: gr.Request) -> str:
+        ctx.admin(request)
+        return documents_html(ctx, ctx.lang(request), g or "", s or "")
+
+    @guarded
+    def on_delete(target: str, g: str, s: str, request: gr.Request) -> tuple[str, str]:
+        user, lang = ctx.admin(request), ctx.lang(request)
+        kb = ctx.runtime.knowledge
+        doc = ctx.access.document_for(user, target.strip(), action="document.delete")
+        ctx.runtime.app.secure.record(
+            "document.delete",
+            actor=f"user:{user.name}",
+            now=ctx.now(),
+            object=doc.doc_id,
+            details={"group": doc.group},
+        )
+        with ctx.uploads.lock:
+            kb.pipeline().delete_document(doc.doc_id)
+        return t(lang, "admin.done"), documents_html(ctx, lang, g or "", s or "")
+
+    @guarded
+    def on_reindex(target: str, g: str, s: str, request: gr.Request) -> tuple[str, str]:
+        user, lang = ctx.admin(request), ctx.lang(request)
+        kb = ctx.runtime.knowledge
+        events = AuditEvents(ctx.runtime.app.secure, actor=f"user:{user.name}")
+        with ctx.uploads.lock:
+            result = kb.pipeline(events=events).reindex(target.strip())
+        text = f"{result.outcome} {result.rel_path} {result.reason}".strip()
+        return text, documents_html(ctx, lang, g or "", s or "")
+
+    refresh.click(show, [group, status], [table])
+    delete.click(on_delete, [doc_id, group, status], [result, table])
+    reindex.click(on_reindex, [doc_id, group, status], [result, table])
+
+
+def build_failures(ctx: UiContext, L: Label) -> None:
+    refresh = gr.Button(L("admin.refresh"), elem_id="failures-refresh")
+    table = gr.HTML(elem_id="failures-table")
+
+    @guarded
+    def show(request: gr.Request) -> str:
+        ctx.admin(request)
+        return documents_html(ctx, ctx.lang(request), "", "failed")
+
+    refresh.click(show, None, [table])
+
+
+def build_models(ctx: UiContext, L: Label) -> None:
+    with gr.Row():
+        refresh = gr.Button(L("admin.refresh"), elem_id="models-refresh")
+        recheck = gr.Button(L("admin.recheck"), elem_id="models-recheck")
+    table = gr.HTML(elem_id="models-table")
+
+    def render(lang: str) -> str:
+        rows = model_rows(ctx.runtime.models.states(), lang)
+        return html_table(_heads(lang, _MODEL_COLS), rows, table_id="models")
+
+    @guarded
+    def show(request: gr.Request) -> str:
+        ctx.admin(request)
+        return render(ctx.lang(request))
+
+    @guarded
+    def on_recheck(request: gr.Request) -> str:
+        ctx.admin(request)
+        ctx.runtime.models.recheck()
+        return render(ctx.lang(request))
+
+    refresh.click(show, None, [table])
+    recheck.click(on_recheck, None, [table])
+
+
+def build_audit(ctx: UiContext, L: Label) -> None:
+    with gr.Row():
+        refresh = gr.Button(L("admin.refresh"), elem_id="audit-refresh")
+        verify = gr.Button(L("admin.verify"), elem_id="audit-verify")
+    verdict = gr.Markdown(elem_id="audit-verdict")
+    table = gr.HTML(elem_id="audit-table")
+
+    @guarded
+    def show(request: gr.Request) -> str:
+        ctx.admin(request)
+        entries = list(reversed(ctx.runtime.app.secure.audit.tail(AUDIT_ROWS)))
+        return html_table(_heads(ctx.lang(request), _AUDIT_COLS), audit_rows(entries))
+
+    @guarded
+    def on_verify(request: gr.Request) -> str:
+        ctx.admin(request)
+        return verify_text(ctx, ctx.lang(request))
+
+    refresh.click(show, None, [table])
+    verify.click(on_verify, None, [verdict])
+
+
+def verify_text(ctx: UiContext, lang: str) -> str:
+    home = ctx.runtime.app.secure
+    public = home.identity.public()
+    result = verify_log(
+        home.layout.audit,
+        mac_key=home.derive(LABEL_AUDIT_MAC),
+        verifier=lambda msg, sig: public.verify(msg, sig, purpose="kapp/v1 audit-checkpoint"),
+    )
+    if result.ok:
+        return t(lang, "admin.verified", n=result.entries)
+    return t(
+        lang,
+        "admin.broken",
+        line=result.first_bad_line,
+        seq=result.first_bad_seq,
+        problem=result.problem,
+    )
+
+
+def build_status(ctx: UiContext, L: Label) -> None:
+    refresh = gr.Button(L("admin.refresh"), elem_id="status-refresh")
+    body = gr.Markdown(elem_id="status-body")
+
+    @guarded
+    def show(request: gr.Request) -> str:
+        ctx.admin(request)
+        return status_markdown(collect(ctx))
+
+    refresh.click(show, None, [body])
+
+
+def collect(ctx: UiContext) -> dict[str, Any]:
+    """`appliance.ops.status.collect_status` for this process (loaded models from memory)."""
+    from appliance.ops.status import collect_status
+    from appliance.ops.tasks import TaskStore
+
+    runtime = ctx.runtime
+    shared = getattr(runtime, "task_store", None) or runtime.extras.get("task_store")
+    store = shared or TaskStore.for_settings(runtime.settings)
+    try:
+        return collect_status(
+            runtime.app,
+            runtime.knowledge,
+            now=ctx.now(),
+            task_store=store,
+            loaded=runtime.models.loaded(),
+        )
+    finally:
+        if shared is None:
+            store.close()

@@ -1,0 +1,173 @@
+"""The chat page: streamed answers, numbered sources, mode badge, feedback and history."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gradio as gr
+
+from appliance.conversations import Turn
+from appliance.errors import ApplianceError
+
+from ..context import UiContext, guarded, guarded_stream
+from ..format import mode_label, render_conversation, render_sources
+from ..routes import download_url
+
+Label = Callable[[str], Any]
+_KEEP = ("n", "chunk_id", "doc_id", "document", "group", "title", "section", "page_start",
+         "page_end", "snippet", "score")  # fmt: skip
+
+
+def build(ctx: UiContext, L: Label) -> dict[str, Any]:
+    """Lay out the chat tab and wire its events; returns components other tabs update."""
+    turns = gr.State([])
+    conversation_id = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=3):
+            conversation = gr.HTML(elem_id="conversation")
+            question = gr.Textbox(
+                label=L("chat.question"),
+                placeholder=L("chat.placeholder"),
+                elem_id="question",
+                lines=2,
+            )
+            with gr.Row():
+                ask = gr.Button(L("chat.ask"), variant="primary", elem_id="ask")
+                new = gr.Button(L("chat.new"), elem_id="new-conversation")
+                up = gr.Button(L("chat.up"), elem_id="thumbs-up", size="sm")
+                down = gr.Button(L("chat.down"), elem_id="thumbs-down", size="sm")
+            feedback = gr.Markdown(elem_id="feedback")
+        with gr.Column(scale=2):
+            gr.Markdown(L("chat.sources"), elem_id="sources-title")
+            sources = gr.HTML(elem_id="sources")
+
+    def sources_html(items: list[dict[str, Any]], request: gr.Request) -> str:
+        user, lang = ctx.user(request), ctx.lang(request)
+        link = download_url if ctx.access.downloads_allowed(user) else None
+        return render_sources(items, lang=lang, download_url=link)
+
+    @guarded_stream
+    def on_ask(
+        text: str, items: list[dict[str, Any]], conv: str | None, request: gr.Request
+    ) -> Iterator[tuple[Any, ...]]:
+        lang = ctx.lang(request)
+        text = (text or "").strip()
+        if not text:
+            return
+        turns_now = items
+        for turns_now in ask_stream(ctx, request, text, items):
+            yield render_conversation(turns_now, lang=lang), gr.update(), "", turns_now, conv, ""
+        conv = _save(ctx, ctx.user(request).name, conv, turns_now[-1])
+        panel = sources_html(turns_now, request)
+        yield render_conversation(turns_now, lang=lang), panel, "", turns_now, conv, ""
+
+    outputs = [conversation, sources, question, turns, conversation_id, feedback]
+    ask.click(on_ask, [question, turns, conversation_id], outputs)
+    question.submit(on_ask, [question, turns, conversation_id], outputs)
+
+    def on_new() -> tuple[Any, ...]:
+        return "", "", [], None, ""
+
+    new.click(on_new, None, [conversation, sources, turns, conversation_id, feedback])
+
+    def rate(value: int) -> Callable[..., str]:
+        @guarded
+        def handler(items: list[dict[str, Any]], request: gr.Request) -> str:
+            user, lang = ctx.user(request), ctx.lang(request)
+            if not items or not items[-1].get("question_id"):
+                return ""
+            ctx.conversations.rate(user.name, items[-1]["question_id"], value, now=ctx.now())
+            from ..i18n import t
+
+            return t(lang, "chat.thanks")
+
+        return handler
+
+    up.click(rate(1), [turns], [feedback])
+    down.click(rate(-1), [turns], [feedback])
+    return {
+        "conversation": conversation,
+        "sources": sources,
+        "turns": turns,
+        "conversation_id": conversation_id,
+        "sources_html": sources_html,
+    }
+
+
+def ask_stream(
+    ctx: UiContext, request: Any, text: str, items: list[dict[str, Any]]
+) -> Iterator[list[dict[str, Any]]]:
+    """The chat turns after each event of the engine's stream for this session's user."""
+    user = ctx.user(request)
+    history = [(t["question"], t["answer"]) for t in items if t.get("answer")]
+    items = [*items, {"question": text, "answer": "", "sources": []}]
+    current = items[-1]
+    yield items
+    for event in ctx.runtime.engine.stream(text, user=user, history=history, channel="ui"):
+        if event.kind == "sources":
+            current["sources"] = [s.to_dict() for s in event.sources]
+        elif event.kind == "delta":
+            current["answer"] += event.text
+        elif event.answer is not None:
+            current.update(_final(event.answer))
+        yield items
+
+
+def _final(answer: Any) -> dict[str, Any]:
+    return {
+        "answer": answer.text,
+        "sources": [s.to_dict() for s in answer.sources],
+        "mode": answer.mode,
+        "model": answer.model,
+        "question_id": answer.question_id,
+        "not_found": answer.not_found,
+    }
+
+
+def _save(ctx: UiContext, user: str, conv: str | None, item: dict[str, Any]) -> str:
+    """Append the turn to the user's encrypted history (sources without their passages)."""
+    now = ctx.now()
+    if conv is None:
+        conv = ctx.conversations.start(user, item["question"], now=now)
+    turn = Turn(
+        question=item["question"],
+        answer=item.get("answer", ""),
+        question_id=item.get("question_id", ""),
+        mode=item.get("mode", "extractive"),
+        model=item.get("model") or "",
+        sources=tuple({k: s.get(k) for k in _KEEP} for s in item.get("sources", ())),
+        at=now,
+    )
+    ctx.conversations.add_turn(user, conv, turn, now=now)
+    return conv
+
+
+def reopen(ctx: UiContext, user: Any, conv: str) -> list[dict[str, Any]]:
+    """A stored conversation as chat state; each passage is fetched again through
+    :class:`appliance.access.Access`, so a source the user may no longer see stays hidden."""
+    items = []
+    for turn in ctx.conversations.read(user.name, conv).turns:
+        sources = []
+        for s in turn.sources:
+            try:
+                view = ctx.access.source_for(user, str(s.get("chunk_id", "")))
+            except ApplianceError:
+                continue
+            sources.append(dict(s, text=view.text))
+        items.append(
+            {
+                "question": turn.question,
+                "answer": turn.answer,
+                "sources": sources,
+                "mode": turn.mode,
+                "model": turn.model or None,
+                "question_id": turn.question_id,
+            }
+        )
+    return items
+
+
+def mode_text(ctx: UiContext, lang: str) -> str:
+    mode, model, _reason = ctx.runtime.engine.mode()
+    return f"**{mode_label(mode, model, lang)}**"
