@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The product on its embedded defaults, in a demo home under ./.home (never used in production):
 # creates the home, an admin account, an issuer, a small locally built model, packages it
-# encrypted, issues a signed policy for this appliance, installs both and verifies them.
+# encrypted, issues a signed policy for this appliance, installs both, ingests the sample
+# documents, shows a few commands, then serves the web UI and API until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${VENV:-.venv}
@@ -22,7 +23,7 @@ if [ ! -e "$APPLIANCE_HOME/keys/root.sealed" ]; then
   rm -rf "$demo/model-src"   # the vendor keeps plaintext weights; the appliance never needs them
   appliance identity export --out "$demo/identity.json"
   appliance policy issue --issuer "$demo/issuer" --identity "$demo/identity.json" \
-    --package "$demo/model-pkg" --roles staff,admin --not-before now --not-after "$(date -u -d '+90 days' +%FT%TZ)" \
+    --package "$demo/model-pkg" --roles admin --not-before now --not-after "$(date -u -d '+90 days' +%FT%TZ)" \
     --max-offline 30d --out "$demo/policy.json"
   appliance model install "$demo/model-pkg"
   appliance policy install "$demo/policy.json"
@@ -49,7 +50,21 @@ echo "== appliance keys status";            appliance keys status
 echo "== appliance users list";             appliance users list
 echo "== appliance audit verify";           appliance audit verify
 echo "== appliance audit tail";             appliance audit tail -n 8
+echo '== appliance ask "what is the per diem abroad?" --user bob   (role staff: not in the policy, extractive)'
+appliance ask "what is the per diem abroad?" --user bob
+echo '== appliance ask "what is the per diem abroad?" --user admin --json   (the demo model: tiny, random weights)'
+appliance ask "what is the per diem abroad?" --user admin --json | python -c 'import json,sys; a=json.load(sys.stdin); print({k: a[k] for k in ("mode", "model", "cited", "tokens")})' 
 echo
-echo "Demo home: $APPLIANCE_HOME (secrets in $demo/secrets; users admin, bob (finance), carol (hr))."
-echo "Drop more files into $APPLIANCE_HOME/drop/<group>/ and run 'appliance ingest --once'."
-echo "Try: export APPLIANCE_HOME=$APPLIANCE_HOME APPLIANCE_PASSPHRASE=\$(cat $demo/secrets/passphrase); $venv/bin/appliance --help"
+port=${PORT:-8080}
+cat <<EOT
+Demo home: $APPLIANCE_HOME (secrets in $demo/secrets).
+Web UI and API: http://127.0.0.1:$port/
+  log in as admin / $(cat "$demo/secrets/admin-password")   (admin pages, audit, status)
+         or bob   / $(cat "$demo/secrets/bob-password")   (group finance)
+         or carol / $(cat "$demo/secrets/carol-password")   (group hr)
+  API key for the OpenAI client: appliance users token bob
+Files dropped into $APPLIANCE_HOME/drop/<group>/ are indexed while the server runs.
+Other commands (in another shell): export APPLIANCE_HOME=$APPLIANCE_HOME APPLIANCE_PASSPHRASE=\$(cat $demo/secrets/passphrase)
+Serving until Ctrl-C ...
+EOT
+exec appliance serve --port "$port"

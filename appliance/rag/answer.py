@@ -238,7 +238,6 @@ class AnswerEngine:
                     answer = yield from gen
                     answer.retrieval_ms = retrieval_ms
             outcome = "not_found" if answer.not_found else "answered"
-            yield AnswerEvent("done", answer=answer)
         except (Forbidden, ModelUnavailable) as exc:
             outcome = "refused"
             self._audit(turn, outcome, None, reason=exc.code)
@@ -248,9 +247,10 @@ class AnswerEngine:
             outcome = "cancelled"
             raise
         finally:
-            if outcome != "refused":
+            if outcome != "refused":  # recorded before "done": a consumer may stop right there
                 self._audit(turn, outcome, answer)
                 self._notify(turn, answer, outcome)
+        yield AnswerEvent("done", answer=answer)
 
     # ----- steps ----------------------------------------------------------------------------
     def _lease(self, turn: _Turn, model: str | None, require_model: bool, extractive: bool) -> Any:

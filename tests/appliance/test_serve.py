@@ -91,6 +91,9 @@ def test_generative_answer_uses_only_the_users_groups(runtime: object) -> None:
     assert answer.sources and {s.group for s in answer.sources} <= {"finance", "public"}
     assert any("48,000" in s.text for s in answer.sources)
     assert set(answer.cited) <= {s.n for s in answer.sources}
+    last = [e for e in rt.app.secure.audit.tail(10) if e.action == "question.answer"][-1]  # type: ignore[attr-defined]
+    assert last.object == answer.question_id and last.details["result"] == "answered"
+    assert str(last.details["question"]).startswith("hmac:")  # no question text in the log
     other = rt.engine.answer("What is the travel budget?", user=_user(rt, "carol"))  # type: ignore[attr-defined]
     assert all(s.group in ("hr", "public") for s in other.sources)
     assert not any("48,000" in s.text for s in other.sources)
