@@ -103,9 +103,19 @@ class Uploads:
         self._watch_s = interval_s
         self._kick()
 
+    @property
+    def watching(self) -> bool:
+        return self._watch_s is not None
+
     def groups_for(self, user: User) -> list[str]:
-        """Groups ``user`` may upload into (admins: also any new valid group they type)."""
-        return sorted(user.groups)
+        """Groups ``user`` may offer to upload into: a staff user's own groups; for admins
+        also every group that already has a folder in the drop folder (:meth:`save` takes
+        any valid group from an admin)."""
+        groups = set(user.groups)
+        drop = self.settings.drop_dir
+        if user.is_admin and drop.is_dir():
+            groups.update(p.name for p in drop.iterdir() if p.is_dir() and valid_group(p.name))
+        return sorted(groups)
 
     def save(self, user: User, *, filename: str, source: Path | IO[bytes], group: str) -> Upload:
         """Store one file in ``drop/<group>/`` and queue its ingestion."""

@@ -58,7 +58,7 @@ def collect_status(
     service = {
         "milvus": milvus_status(settings, knowledge, beats["serve"]),
         "documents": documents_status(knowledge),
-        "ingestion": ingestion_status(settings, beats["watch"]),
+        "ingestion": ingestion_status(settings, _watcher(beats)),
         "models": model_entries(app, now=now, loaded=loaded, verify=verify_models),
         "audit": audit_status(app.secure.layout.audit),
         "tls": tls_status(settings.serve.tls_cert, now=now),
@@ -213,6 +213,8 @@ def server_info(runtime: Any) -> dict[str, Any]:
         Publisher(home, "serve").start(); ...; publisher.update(**server_info(runtime))
     """
     info: dict[str, Any] = {}
+    uploads = getattr(runtime, "uploads", None)
+    info["watching_drop"] = bool(getattr(uploads, "watching", False))
     manager = getattr(runtime, "models", None)
     if manager is not None and hasattr(manager, "states"):
         info["models"] = [_state_dict(s) for s in manager.states()]
@@ -230,3 +232,11 @@ def _state_dict(s: Any) -> dict[str, Any]:
         "reason_code": getattr(s, "reason_code", ""),
         "valid_until": getattr(s, "valid_until", None),
     }
+
+
+def _watcher(beats: dict[str, Any]) -> Any:
+    """`ingest --watch`, or a server that watches the drop folder itself (serve.watch_drop)."""
+    watch, serve = beats["watch"], beats["serve"]
+    if not watch.alive and serve.alive and serve.info.get("watching_drop"):
+        return serve
+    return watch

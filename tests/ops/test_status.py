@@ -154,3 +154,16 @@ def test_tls_expiry(tmp_path: Path) -> None:
 def test_redact_uri() -> None:
     assert redact_uri("http://root:secret@milvus:19530/db") == "http://milvus:19530/db"
     assert redact_uri("/data/milvus/chunks.db") == "/data/milvus/chunks.db"
+
+
+def test_a_server_watching_the_drop_folder_counts_as_the_watcher() -> None:
+    from appliance.ops.runtime_state import Heartbeat
+    from appliance.ops.status import _watcher
+
+    gone = Heartbeat("watch", False, "no heartbeat file")
+    serving = Heartbeat("serve", True, "", pid=42, info={"watching_drop": True})
+    assert _watcher({"watch": gone, "serve": serving}) is serving
+    not_watching = Heartbeat("serve", True, "", pid=42, info={"watching_drop": False})
+    assert _watcher({"watch": gone, "serve": not_watching}) is gone
+    alive = Heartbeat("watch", True, "", pid=7)
+    assert _watcher({"watch": alive, "serve": serving}) is alive
