@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -137,6 +138,32 @@ def test_bad_request_is_400(server: dict[str, Any]) -> None:
         headers={"Authorization": "Bearer " + server["keys"]["bob"]},
     )
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_client_disconnect_cancels_the_generation(server: dict[str, Any]) -> None:
+    rt = server["runtime"]
+    body = {
+        "model": MODEL,
+        "stream": True,
+        "max_tokens": 512,
+        "messages": [{"role": "user", "content": "Tell me everything about the travel budget."}],
+    }
+    headers = {"Authorization": "Bearer " + server["keys"]["bob"]}
+    with httpx.stream(
+        "POST", server["url"] + "/v1/chat/completions", json=body, headers=headers, timeout=60
+    ) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        first = next(line for line in lines if line.startswith("data: "))
+        assert "sources" in first
+    # the connection is closed now; the server must stop generating and record a cancel
+    deadline = time.monotonic() + 30
+    entry = None
+    while time.monotonic() < deadline and entry is None:
+        entries = [e for e in rt.app.secure.audit.tail(20) if e.action == "question.answer"]
+        entry = next((e for e in entries if e.details.get("result") == "cancelled"), None)
+        time.sleep(0.2)
+    assert entry is not None, "a disconnected stream was not cancelled"
 
 
 def test_limiter_refuses_when_the_queue_is_full() -> None:
