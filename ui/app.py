@@ -14,7 +14,7 @@ import gradio as gr
 from fastapi import FastAPI
 
 from .context import UiContext, guarded
-from .format import mode_label
+from .format import language_links
 from .i18n import TABLES, t
 from .pages import admin, admin_users, chat, history, upload
 from .routes import LoginRedirect, add_routes
@@ -86,10 +86,9 @@ def build_blocks(ctx: UiContext, labels: gr.I18n) -> gr.Blocks:
         @guarded
         def on_load(request: gr.Request) -> tuple[Any, ...]:
             user, lang = ctx.user(request), ctx.lang(request)
-            m, model, _ = ctx.runtime.engine.mode()
             return (
                 header_html(user, lang),
-                f"**{mode_label(m, model, lang)}**",
+                chat.mode_text(ctx, user, lang),
                 gr.update(visible=user.is_admin),
                 upload.group_choices(ctx, user),
             )
@@ -106,7 +105,7 @@ def header_html(user: Any, lang: str) -> str:
         f'<b id="username">{html.escape(user.name)}</b> ({html.escape(user.role)})'
         '<form method="post" action="/logout" style="display:inline;margin-left:1rem">'
         f'<button type="submit" id="logout">{html.escape(t(lang, "logout"))}</button>'
-        "</form></div>"
+        f"</form> {language_links()}</div>"
     )
 
 

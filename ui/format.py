@@ -244,6 +244,7 @@ def model_rows(states: Iterable[Any], lang: str) -> list[list[Any]]:
             when(s.valid_until),
             s.binding,
             when(s.last_check),
+            ", ".join(s.roles),
         ]
         for s in states
     ]
@@ -295,6 +296,18 @@ def status_markdown(status: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+LANGUAGE_NAMES = (("en", "English"), ("zh", "中文"))
+
+
+def language_links() -> str:
+    """The language switch: one link per interface language (each sets the ``lang`` cookie)."""
+    links = (
+        f'<a class="lang" id="lang-{code}" href="/ui/lang/{code}" hreflang="{code}">{name}</a>'
+        for code, name in LANGUAGE_NAMES
+    )
+    return '<span class="lang-switch">' + " · ".join(links) + "</span>"
+
+
 def login_page(lang: str, *, error: str = "", next_url: str = "/") -> str:
     """The login form (our own page; the session cookie is set by the POST handler)."""
     message = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
@@ -305,7 +318,7 @@ def login_page(lang: str, *, error: str = "", next_url: str = "/") -> str:
 <style>body{{font-family:sans-serif;max-width:22rem;margin:4rem auto;padding:0 1rem}}
 label{{display:block;margin-top:1rem}}input{{width:100%;padding:.5rem;box-sizing:border-box}}
 button{{margin-top:1.5rem;padding:.6rem 1.2rem}}.error{{color:#b00020}}</style></head>
-<body><h1>{html.escape(t(lang, "app.title"))}</h1>{message}
+<body>{language_links()}<h1>{html.escape(t(lang, "app.title"))}</h1>{message}
 <form method="post" action="/login">
 <input type="hidden" name="next" value="{html.escape(next_url)}">
 <label>{html.escape(t(lang, "login.user"))}

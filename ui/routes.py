@@ -19,13 +19,25 @@ from appliance.sessions import COOKIE_NAME
 from appliance.users import User
 
 from .context import UiContext
-from .i18n import pick_language, t
+from .i18n import TABLES, pick_language, t
 
 HTML_PAGES = ("/", "/index.html")
+LANG_COOKIE = "lang"
+LANG_COOKIE_S = 365 * 86400
+# Gradio's page picks its words from navigator.language; with a language chosen by the switch,
+# this runs before Gradio's scripts so the whole page (not only our HTML) follows the choice.
+_LOCALE_JS = (
+    "<script>(function(l){{try{{var p=Navigator.prototype;"
+    "Object.defineProperty(p,'language',{{get:function(){{return l}},configurable:true}});"
+    "Object.defineProperty(p,'languages',{{get:function(){{return [l]}},configurable:true}});"
+    '}}catch(e){{}}}})("{lang}")</script>'
+)
+# Gradio knows a fixed list of locales ("zh" alone is not in it; "zh-CN" falls back to "zh").
+_BROWSER_LOCALE = {"en": "en", "zh": "zh-CN"}
 
 
 def language(request: Request) -> str:
-    return pick_language(request.headers.get("accept-language"), request.cookies.get("lang"))
+    return pick_language(request.headers.get("accept-language"), request.cookies.get(LANG_COOKIE))
 
 
 def session_user(ctx: UiContext, request: Request) -> User:
@@ -73,6 +85,22 @@ def add_routes(app: FastAPI, ctx: UiContext) -> None:
         ctx.sessions.logout(request.cookies.get(COOKIE_NAME), now=ctx.now())
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict")
+        return response
+
+    @router.get("/ui/lang/{code}")
+    def switch_language(code: str) -> Response:
+        """The language switch: remember the choice in a ``lang`` cookie, back to the page."""
+        response = RedirectResponse("/", status_code=303)
+        if code in TABLES:
+            response.set_cookie(
+                LANG_COOKIE,
+                code,
+                max_age=LANG_COOKIE_S,
+                httponly=True,
+                samesite="strict",
+                secure=secure_cookie,
+                path="/",
+            )
         return response
 
     @router.get("/ui/source/{chunk_id}")
@@ -149,4 +177,47 @@ class LoginRedirect:
                 ended = "?ended=1" if COOKIE_NAME in request.cookies else ""
                 await RedirectResponse(f"/login{ended}", status_code=303)(scope, receive, send)
                 return
+            chosen = request.cookies.get(LANG_COOKIE)
+            if chosen in TABLES:
+                await self.app(scope, receive, with_locale(send, str(chosen)))
+                return
         await self.app(scope, receive, send)
+
+
+def with_locale(send: Any, lang: str) -> Any:
+    """An ASGI ``send`` that puts :data:`_LOCALE_JS` at the start of an HTML page's head."""
+    start: dict[str, Any] = {}
+    chunks: list[bytes] = []
+
+    async def wrapped(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+            return
+        if message["type"] != "http.response.body" or not start:
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = _inject(b"".join(chunks), dict(start.get("headers", [])), lang)
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode("ascii")))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return wrapped
+
+
+def _inject(body: bytes, headers: dict[bytes, bytes], lang: str) -> bytes:
+    html_page = headers.get(b"content-type", b"").startswith(b"text/html")
+    if not html_page or b"content-encoding" in headers:
+        return body
+    at = body.lower().find(b"<head>")
+    if at < 0:
+        return body
+    at += len(b"<head>")
+    return (
+        body[:at]
+        + _LOCALE_JS.format(lang=_BROWSER_LOCALE.get(lang, lang)).encode("utf-8")
+        + body[at:]
+    )

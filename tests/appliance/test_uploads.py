@@ -102,6 +102,8 @@ def test_broken_file_fails_with_reason(world: UiWorld, uploads: Uploads) -> None
 def test_groups_size_and_empty_files(world: UiWorld, uploads: Uploads, tmp_path: Path) -> None:
     fred, root = world.app.users.get("fred"), world.app.users.get("root")
     assert uploads.groups_for(fred) == ["finance"]
+    offered = uploads.groups_for(root)  # admins: every group with a drop folder
+    assert "public" in offered and "_failed" not in offered
     for group in ("hr", "public", "_failed", "../x", ""):
         with pytest.raises(Forbidden):
             uploads.save(fred, filename="a.md", source=io.BytesIO(b"# a"), group=group)

@@ -130,3 +130,19 @@ def test_status_markdown_and_login_page_escape() -> None:
     assert "- **overall**" in md and "&lt;x&gt;" in md
     page = login_page("zh", error="<bad>")
     assert "&lt;bad&gt;" in page and 'action="/login"' in page and "用户名" in page
+
+
+def test_language_switch_links_on_the_login_page() -> None:
+    page = login_page("en")
+    assert 'href="/ui/lang/zh"' in page and 'href="/ui/lang/en"' in page and "中文" in page
+
+
+def test_locale_script_goes_first_in_an_html_head_only() -> None:
+    from ui.routes import _inject
+
+    html_headers = {b"content-type": b"text/html; charset=utf-8"}
+    out = _inject(b"<html><head><title>x</title></head></html>", html_headers, "zh-CN")
+    assert out.startswith(b"<html><head><script>") and b'("zh-CN")</script><title>' in out
+    assert _inject(b"<head>", {b"content-type": b"application/json"}, "zh") == b"<head>"
+    gzipped = {**html_headers, b"content-encoding": b"gzip"}
+    assert _inject(b"<head>", gzipped, "zh") == b"<head>"

@@ -11,6 +11,7 @@ from typing import Any
 
 import gradio as gr
 
+from appliance.errors import NotFound
 from appliance.knowledge import AuditEvents
 from secure.audit import verify_log
 from secure.keys import LABEL_AUDIT_MAC
@@ -20,11 +21,13 @@ from ..format import audit_rows, document_rows, html_table, model_rows, status_m
 from ..i18n import t
 
 Label = Callable[[str], Any]
-AUDIT_ROWS = 50
+AUDIT_ROWS = 100
+AUDIT_SCAN = 5000  # entries searched by the audit filter (newest first)
+DOC_STATUSES = ("indexed", "indexing", "failed", "deleted")
 _DOC_COLS = ("col.id", "col.path", "col.group", "col.status", "col.pages", "col.chunks",
              "col.error", "col.updated")  # fmt: skip
 _MODEL_COLS = ("col.name", "col.loaded", "col.reason", "col.valid_until", "col.binding",
-               "col.last_check")  # fmt: skip
+               "col.last_check", "col.roles")  # fmt: skip
 _AUDIT_COLS = ("col.seq", "col.time", "col.actor", "col.action", "col.object", "col.outcome")
 
 
@@ -32,18 +35,20 @@ def _heads(lang: str, keys: tuple[str, ...]) -> list[str]:
     return [t(lang, k) for k in keys]
 
 
-def documents_html(ctx: UiContext, lang: str, group: str, status: str) -> str:
+def documents_html(
+    ctx: UiContext, lang: str, group: str, status: str, *, table_id: str = "documents"
+) -> str:
     docs = ctx.runtime.knowledge.registry.documents(
         group=group.strip().lower() or None, status=status or None
     )
-    return html_table(_heads(lang, _DOC_COLS), document_rows(docs), table_id="documents")
+    return html_table(_heads(lang, _DOC_COLS), document_rows(docs), table_id=table_id)
 
 
 def build_documents(ctx: UiContext, L: Label) -> None:
     with gr.Row():
         group = gr.Textbox(label=L("admin.filter_group"), elem_id="docs-group")
         status = gr.Dropdown(
-            ["", "indexed", "failed", "indexing"], value="", label=L("admin.filter_status")
+            ["", *DOC_STATUSES], value="", label=L("admin.filter_status"), elem_id="docs-status"
         )
         refresh = gr.Button(L("admin.refresh"), elem_id="docs-refresh")
     table = gr.HTML(elem_id="docs-table")
@@ -51,7 +56,7 @@ def build_documents(ctx: UiContext, L: Label) -> None:
         doc_id = gr.Textbox(label=L("admin.doc_id"), elem_id="docs-id")
         delete = gr.Button(L("admin.delete"), variant="stop", elem_id="docs-delete")
         reindex = gr.Button(L("admin.reindex"), elem_id="docs-reindex")
-    result = gr.Markdown()
+    result = gr.Markdown(elem_id="docs-result")
 
     @guarded
     def show(g: str, s: str, request: gr.Request) -> str:
@@ -62,7 +67,11 @@ def build_documents(ctx: UiContext, L: Label) -> None:
     def on_delete(target: str, g: str, s: str, request: gr.Request) -> tuple[str, str]:
         user, lang = ctx.admin(request), ctx.lang(request)
         kb = ctx.runtime.knowledge
-        doc = ctx.access.document_for(user, target.strip(), action="document.delete")
+        # Admins manage every group's documents without being able to read them, so this is
+        # the registry's record (as `appliance docs delete`), not Access.document_for.
+        doc = kb.registry.get(target.strip())
+        if doc is None:
+            raise NotFound(f"No document {target.strip()}.", hint="Refresh the list.")
         ctx.runtime.app.secure.record(
             "document.delete",
             actor=f"user:{user.name}",
@@ -96,7 +105,7 @@ def build_failures(ctx: UiContext, L: Label) -> None:
     @guarded
     def show(request: gr.Request) -> str:
         ctx.admin(request)
-        return documents_html(ctx, ctx.lang(request), "", "failed")
+        return documents_html(ctx, ctx.lang(request), "", "failed", table_id="failures")
 
     refresh.click(show, None, [table])
 
@@ -128,24 +137,41 @@ def build_models(ctx: UiContext, L: Label) -> None:
 
 def build_audit(ctx: UiContext, L: Label) -> None:
     with gr.Row():
+        needle = gr.Textbox(label=L("admin.audit_filter"), elem_id="audit-filter")
         refresh = gr.Button(L("admin.refresh"), elem_id="audit-refresh")
         verify = gr.Button(L("admin.verify"), elem_id="audit-verify")
     verdict = gr.Markdown(elem_id="audit-verdict")
     table = gr.HTML(elem_id="audit-table")
 
     @guarded
-    def show(request: gr.Request) -> str:
+    def show(text: str, request: gr.Request) -> str:
         ctx.admin(request)
-        entries = list(reversed(ctx.runtime.app.secure.audit.tail(AUDIT_ROWS)))
-        return html_table(_heads(ctx.lang(request), _AUDIT_COLS), audit_rows(entries))
+        entries = audit_entries(ctx, text or "")
+        heads = _heads(ctx.lang(request), _AUDIT_COLS)
+        return html_table(heads, audit_rows(entries), table_id="audit-log")
 
     @guarded
     def on_verify(request: gr.Request) -> str:
         ctx.admin(request)
         return verify_text(ctx, ctx.lang(request))
 
-    refresh.click(show, None, [table])
+    refresh.click(show, [needle], [table])
+    needle.submit(show, [needle], [table])
     verify.click(on_verify, None, [verdict])
+
+
+def audit_entries(ctx: UiContext, text: str) -> list[Any]:
+    """The newest entries (newest first) whose actor, action or object contains ``text``."""
+    needle = text.strip().lower()
+    if not needle:
+        return list(reversed(ctx.runtime.app.secure.audit.tail(AUDIT_ROWS)))
+    found = []
+    for entry in reversed(ctx.runtime.app.secure.audit.tail(AUDIT_SCAN)):
+        if any(needle in str(v).lower() for v in (entry.actor, entry.action, entry.object)):
+            found.append(entry)
+            if len(found) == AUDIT_ROWS:
+                break
+    return found
 
 
 def verify_text(ctx: UiContext, lang: str) -> str:

@@ -168,6 +168,18 @@ def reopen(ctx: UiContext, user: Any, conv: str) -> list[dict[str, Any]]:
     return items
 
 
-def mode_text(ctx: UiContext, lang: str) -> str:
+def mode_for(ctx: UiContext, user: Any) -> tuple[str, str | None]:
+    """How this user's questions are answered now: the unlocked model only if the policy
+    grants it to the user's role (otherwise the engine falls back to extractive answers)."""
     mode, model, _reason = ctx.runtime.engine.mode()
+    if mode != "generative" or model is None:
+        return "extractive", None
+    state = next((s for s in ctx.runtime.models.states() if s.name == model), None)
+    if state is None or not state.loaded or user.role not in state.roles:
+        return "extractive", None
+    return mode, model
+
+
+def mode_text(ctx: UiContext, user: Any, lang: str) -> str:
+    mode, model = mode_for(ctx, user)
     return f"**{mode_label(mode, model, lang)}**"
