@@ -4,7 +4,9 @@
 Reports files/s, pages/s, chunks/s, time per stage, the outcome of every file per MANIFEST
 category (indexed, or quarantined with its reason code), and the pipeline's chunk throughput
 against the embedder's raw throughput on the very same chunk texts, measured in the same run.
-Writes JSON (default bench/results/ingest.json).
+Writes JSON (default bench/results/ingest.json). ``--limit N`` ingests N files spread evenly
+over the corpus (every k-th MANIFEST row) for a quick check of the direction of a change; the
+figures in docs/benchmarks.md come from full runs on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -35,9 +37,12 @@ DOCS = ROOT.parent / "shared" / "data" / "docs"
 class RecordingEmbedder:
     """Passes through to the real embedder and keeps every text and the time spent."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, *, chunk_in_main: bool = False) -> None:
         self.inner, self.texts, self.seconds = inner, [], 0.0
         self.info = inner.info
+        # as in production, parse children chunk with the tokenizer; without it, the main
+        # process does (the design before, kept for embedders without a fast tokenizer)
+        self.tokenizer_json = None if chunk_in_main else inner.tokenizer_json
 
     def count_tokens(self, text: str) -> int:
         return int(self.inner.count_tokens(text))
@@ -53,22 +58,34 @@ class RecordingEmbedder:
         return self.inner.embed_query(text)
 
 
-def stage_drop(drop: Path) -> dict[str, str]:
-    """Copy every corpus file to drop/<category>/…; returns rel_path → category."""
+def stage_drop(drop: Path, limit: int | None = None) -> dict[str, str]:
+    """Copy the corpus files (all, or ``limit`` spread evenly) to drop/<category>/…; returns
+    rel_path → category."""
     categories = {}
     with (DOCS / "MANIFEST.tsv").open(encoding="utf-8") as fh:
-        for row in csv.DictReader(fh, delimiter="\t"):
-            rel = f"{row['category']}/{row['path']}"
-            target = drop / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(DOCS / row["path"], target)
-            categories[rel] = row["category"]
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    if limit is not None and 0 < limit < len(rows):
+        rows = [rows[i * len(rows) // limit] for i in range(limit)]
+    for row in rows:
+        rel = f"{row['category']}/{row['path']}"
+        target = drop / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(DOCS / row["path"], target)
+        categories[rel] = row["category"]
     return categories
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ingest.json")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="ingest only N files spread over the corpus"
+    )
+    parser.add_argument(
+        "--chunk-in-main",
+        action="store_true",
+        help="chunk in the main process, as for an embedder without a fast tokenizer",
+    )
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="kapp-ingest-bench-"))
     try:
@@ -80,14 +97,15 @@ def main() -> None:
             params=KdfParams(n=2**10),
         )
         kb = Knowledge(load_settings(home), secure)
-        recorder = RecordingEmbedder(kb.embedder)
+        recorder = RecordingEmbedder(kb.embedder, chunk_in_main=args.chunk_in_main)
         kb.__dict__["embedder"] = recorder  # the cached property, replaced for measuring
-        categories = stage_drop(kb.settings.drop_dir)
+        categories = stage_drop(kb.settings.drop_dir, args.limit)
         pipeline = kb.pipeline()
         start = time.perf_counter()
         report = pipeline.run_once(settle=False)
         wall = time.perf_counter() - start
         result = summarise(report, categories, wall, recorder)
+        result.update(limit=args.limit, chunk_in_main=args.chunk_in_main)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
         print(json.dumps({k: v for k, v in result.items() if k != "quarantined"}, indent=2))

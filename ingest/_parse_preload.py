@@ -11,8 +11,11 @@ from __future__ import annotations
 import logging
 
 from ingest.parse import warm_up
+from ingest.prechunk import warm_up as warm_up_chunking
 
-try:
-    warm_up()
-except Exception as exc:  # noqa: BLE001 - see the docstring
-    logging.getLogger(__name__).warning("parser warm-up incomplete: %s", exc)
+# the children chunk too (ingest.isolate.parse_and_chunk_isolated): stemmer and jieba, once
+for _warm in (warm_up, warm_up_chunking):
+    try:
+        _warm()
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        logging.getLogger(__name__).warning("parser warm-up incomplete: %s", exc)

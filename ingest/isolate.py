@@ -9,17 +9,23 @@ scratch directory is deleted by the parent, even after a SIGKILL. Every failure 
 Children come from a ``forkserver`` that has imported the parsers once (``ingest._parse_preload``):
 forking a clean single-threaded server costs milliseconds, where a fresh interpreter would pay
 seconds of imports per file, and forking the (threaded) caller itself would be unsafe.
+
+:func:`parse_and_chunk_isolated` also chunks the document in the child (``ingest.prechunk``),
+so that the caller's process is left with embedding; the chunking gets a time limit of its own
+(the parse limit again, counted from the end of the parse).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -35,6 +41,7 @@ from ingest.parse_tools import (
     tesseract_languages,
     tesseract_path,
 )
+from ingest.prechunk import ChunkedDocument, ChunkSpec, chunk_and_count
 from ingest.scratch import private_scratch
 
 Parser = Callable[..., ParsedDocument]
@@ -56,23 +63,43 @@ def parse_isolated(
     use it to simulate hangs and crashes. `DependencyMissing` is re-raised as such: it is a
     problem of the installation, not of the file.
     """
+    document: ParsedDocument = _run(path, limits, parser, None)
+    return document
+
+
+def parse_and_chunk_isolated(
+    path: Path, *, limits: ParseLimits, chunking: ChunkSpec, parser: Parser = parse_file
+) -> ChunkedDocument:
+    """As :func:`parse_isolated`, then chunk and count BM25 terms in the same child, so that
+    only the chunks come back (exactly what `ingest.prechunk.chunk_and_count` gives)."""
+    chunked: ChunkedDocument = _run(path, limits, parser, chunking)
+    return chunked
+
+
+def _run(path: Path, limits: ParseLimits, parser: Parser, chunking: ChunkSpec | None) -> Any:
     context = _context()
     scratch = private_scratch("ingest-child-")  # 0700, on /dev/shm when available
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(
-        target=_child_main, args=(sender, parser, str(path), limits, str(scratch)), daemon=True
+        target=_child_main,
+        args=(sender, parser, str(path), limits, str(scratch), chunking),
+        daemon=True,
     )
+    phase = "parse"
     try:
         process.start()
         sender.close()
         # The clock starts when the child runs: a cold forkserver's imports do not count.
         started = _wait(receiver, STARTUP_TIMEOUT_S)
         outcome = _wait(receiver, limits.timeout_s) if started == ("started",) else started
+        if outcome == ("parsed",):  # chunking: a time limit of its own
+            phase = "chunk"
+            outcome = _wait(receiver, limits.timeout_s)
     finally:
         _stop(process)
         receiver.close()
         shutil.rmtree(scratch, ignore_errors=True)
-    return _unpack(outcome, process.exitcode, limits)
+    return _unpack(outcome, process.exitcode, limits, phase)
 
 
 def _context() -> Any:
@@ -103,17 +130,17 @@ def _stop(process: Any) -> None:
 
 
 def _unpack(
-    outcome: tuple[Any, ...] | None, exitcode: int | None, limits: ParseLimits
-) -> ParsedDocument:
+    outcome: tuple[Any, ...] | None, exitcode: int | None, limits: ParseLimits, phase: str
+) -> Any:
     if outcome is None:
+        doing = "Parsing" if phase == "parse" else "Chunking the parsed text"
         raise Rejected(
-            f"Parsing took longer than {limits.timeout_s:g} s and was stopped.",
+            f"{doing} took longer than {limits.timeout_s:g} s and was stopped.",
             code="timeout",
             hint="Split the file, or raise the parse timeout in the ingest settings.",
         )
     if outcome[0] == "ok":
-        document: ParsedDocument = outcome[1]
-        return document
+        return outcome[1]
     if outcome[0] == "error":
         _, kind, code, message, hint = outcome
         if kind == "DependencyMissing":
@@ -136,30 +163,55 @@ def _death_message(exitcode: int | None, limits: ParseLimits) -> str:
 
 
 def _child_main(
-    sender: Connection, parser: Parser, path: str, limits: ParseLimits, scratch: str
+    sender: Connection,
+    parser: Parser,
+    path: str,
+    limits: ParseLimits,
+    scratch: str,
+    chunking: ChunkSpec | None = None,
 ) -> None:
-    """Entry point of the child: own process group, memory cap, private temp dir, one parse."""
+    """Entry point of the child: own process group, memory cap, private temp dir, one parse
+    (and, with ``chunking``, the chunks of its result)."""
     os.setsid()
     _limit_memory(limits.max_memory_bytes)
     tempfile.tempdir = scratch
     os.environ["TMPDIR"] = scratch  # for LibreOffice, Tesseract and pandoc too
     sender.send(("started",))
-    try:
-        message: tuple[Any, ...] = ("ok", parser(Path(path), limits=limits))
-    except IngestError as exc:
-        message = ("error", type(exc).__name__, exc.code, exc.message, exc.hint)
-    except MemoryError:
-        memory = f"{limits.max_memory_bytes / 2**30:g} GiB"
-        message = ("error", "Rejected", "oversized", f"Parsing needed more than {memory}.", "")
-    except BaseException as exc:  # noqa: BLE001 - the parent must get an answer, whatever happened
-        detail = " ".join(str(exc).split())[:300]
-        message = ("error", "Rejected", "parse-error", f"{type(exc).__name__}: {detail}", "")
+    message = _guarded(lambda: parser(Path(path), limits=limits), limits, "Parsing")
+    if chunking is not None and message[0] == "ok":
+        sender.send(("parsed",))
+        document: ParsedDocument = message[1]
+        message = _guarded(lambda: _chunk(document, chunking), limits, "Chunking")
     try:
         sender.send(message)
     except MemoryError:
         sender.send(("error", "Rejected", "oversized", "The parsed document is too large.", ""))
     finally:
         sender.close()
+
+
+def _chunk(document: ParsedDocument, chunking: ChunkSpec) -> ChunkedDocument:
+    started = time.perf_counter()
+    chunked = chunk_and_count(
+        document, params=chunking.params, count_tokens=chunking.count_tokens()
+    )
+    return dataclasses.replace(chunked, chunk_s=time.perf_counter() - started)
+
+
+def _guarded(step: Callable[[], Any], limits: ParseLimits, doing: str) -> tuple[Any, ...]:
+    """("ok", result) or the error message for the parent. An unexpected error is a
+    ``parse-error`` of the file while parsing, an ``index-error`` (a bug of ours) after."""
+    code = "parse-error" if doing == "Parsing" else "index-error"
+    try:
+        return ("ok", step())
+    except IngestError as exc:
+        return ("error", type(exc).__name__, exc.code, exc.message, exc.hint)
+    except MemoryError:
+        memory = f"{limits.max_memory_bytes / 2**30:g} GiB"
+        return ("error", "Rejected", "oversized", f"{doing} needed more than {memory}.", "")
+    except BaseException as exc:  # noqa: BLE001 - the parent must get an answer, whatever happened
+        detail = " ".join(str(exc).split())[:300]
+        return ("error", "Rejected", code, f"{type(exc).__name__}: {detail}", "")
 
 
 def _limit_memory(limit: int) -> None:

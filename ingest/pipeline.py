@@ -2,7 +2,8 @@
 
 Crash safety, step by step for one file (a `kill -9` may hit anywhere):
 
-1. parse, chunk, embed and encrypt in memory (nothing recorded yet);
+1. parse and chunk (in a child process, see `ingest.isolate.parse_and_chunk_isolated`), then
+   embed and encrypt, all in memory (nothing recorded yet);
 2. the registry records a new version as ``indexing`` (one transaction);
 3. its chunks are written to Milvus under (doc_id, version); inbox originals go into the vault;
 4. one registry transaction makes the version current and moves the BM25 statistics;
@@ -12,6 +13,11 @@ Crash safety, step by step for one file (a `kill -9` may hit anywhere):
 :meth:`Pipeline.recover` (run before every pass) deletes the chunks and vault copies of versions
 that never became current or were superseded, so a restart leaves no duplicates and no orphan
 chunks; a file whose step 6 did not happen is recognised by its keyed content hash and removed.
+
+Work split on two cores: worker threads wait for parse children, which also chunk and count
+BM25 terms (they need only the embedder's tokenizer, sent as JSON); the main process keys the
+terms (the BM25 key stays here), embeds on one torch thread and writes. An embedder without a
+fast tokenizer (``tokenizer_json`` None) gets its chunks made in the worker thread instead.
 """
 
 from __future__ import annotations
@@ -25,23 +31,24 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from secure.records import RecordCipher
 from secure.vault import DocumentVault
 
-from .chunk import Chunk, ChunkParams, chunk_document
+from .chunk import Chunk, ChunkParams
 from .drop import FAILED_DIR, Candidate, is_settled, quarantine, scan, valid_group
 from .elements import ParsedDocument
 from .errors import IngestError, Rejected
-from .isolate import parse_isolated
+from .isolate import parse_and_chunk_isolated, parse_isolated
 from .parse import ParseLimits
+from .prechunk import ChunkedDocument, ChunkSpec, chunk_and_count, keyed_term_freqs
 from .registry import Registry, TermCounts, Unfinished
 from .schema import PassageText, seal_passage
 from .scratch import private_scratch
-from .sparse import Bm25Params, TermHasher, analyze, doc_term_freqs, doc_vector
+from .sparse import Bm25Params, TermHasher, doc_vector
 from .store import ChunkRecord, ChunkStore
 
 log = logging.getLogger(__name__)
@@ -50,6 +57,8 @@ Outcome = Literal["indexed", "unchanged", "failed", "deleted", "skipped"]
 
 
 class EmbedderLike(Protocol):
+    tokenizer_json: str | None  # lets parse children count tokens (see ingest.prechunk)
+
     def count_tokens(self, text: str) -> int: ...
     def embed_documents(self, texts: list[str]) -> Any: ...
 
@@ -104,8 +113,8 @@ class JobReport:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A parsed and chunked file with its BM25 term counts (worker thread), then its vectors
-    (main thread), ready to be written."""
+    """A parsed and chunked file with its keyed BM25 term counts (worker thread), then its
+    vectors (main thread), ready to be written."""
 
     parsed: ParsedDocument
     chunks: list[Chunk]
@@ -136,6 +145,8 @@ class Pipeline:
         self.embedder, self.hasher, self.cipher = embedder, hasher, cipher
         self.content_key, self.vault, self.options = content_key, vault, options
         self.events, self.clock = events, clock
+        tokenizer = embedder.tokenizer_json
+        self._chunk_spec = ChunkSpec.build(tokenizer, options.chunking) if tokenizer else None
 
     @property
     def source(self) -> str:
@@ -214,29 +225,40 @@ class Pipeline:
 
     # ----- one file ---------------------------------------------------------------------------
     def _parse_step(self, candidate: Candidate) -> Prepared | FileResult:
-        """Runs in a worker thread (the parse itself runs in a child process)."""
+        """Runs in a worker thread (the parse and, normally, the chunking run in a child)."""
         if not candidate.group or not valid_group(candidate.group):
             return self._reject(candidate, Rejected(_group_problem(candidate), code="no-group"))
         t0 = time.perf_counter()
         try:
-            parsed = parse_isolated(candidate.path, limits=self.options.limits)
+            if self._chunk_spec is None:
+                parsed = parse_isolated(candidate.path, limits=self.options.limits)
+                chunked = self._chunk_here(parsed)
+            else:
+                chunked = parse_and_chunk_isolated(
+                    candidate.path, limits=self.options.limits, chunking=self._chunk_spec
+                )
             t1 = time.perf_counter()
-            prepared = self._chunk(parsed, {"parse_s": t1 - t0})
+            prepared = self._keyed(chunked, {"parse_s": t1 - t0 - chunked.chunk_s})
         except Rejected as exc:
             return self._reject(candidate, exc)
-        prepared.stages["chunk_s"] = time.perf_counter() - t1
+        prepared.stages["chunk_s"] = chunked.chunk_s + time.perf_counter() - t1
         return prepared
 
-    def _chunk(self, parsed: ParsedDocument, stages: dict[str, float]) -> Prepared:
-        """Chunking and BM25 term counting, in the worker thread so that they overlap the main
-        thread's embedding (which releases the GIL while torch computes)."""
-        chunks = chunk_document(
+    def _chunk_here(self, parsed: ParsedDocument) -> ChunkedDocument:
+        """Chunking and BM25 term counting in this process (documents that did not come from
+        a parse child, or an embedder without a fast tokenizer)."""
+        t0 = time.perf_counter()
+        chunked = chunk_and_count(
             parsed, params=self.options.chunking, count_tokens=self.embedder.count_tokens
         )
-        if not chunks:
+        return replace(chunked, chunk_s=time.perf_counter() - t0)
+
+    def _keyed(self, chunked: ChunkedDocument, stages: dict[str, float]) -> Prepared:
+        """The chunks with their keyed term ids; the BM25 key never leaves this process."""
+        if not chunked.chunks:
             raise Rejected("The document holds no text to index.", code="empty")
-        tfs = [doc_term_freqs(analyze(c.embed_text), self.hasher) for c in chunks]
-        return Prepared(parsed, chunks, None, stages, tfs)
+        tfs = [keyed_term_freqs(counts, self.hasher) for counts in chunked.term_counts]
+        return Prepared(chunked.document, list(chunked.chunks), None, stages, tfs)
 
     def _plan(self, candidate: Candidate) -> FileResult | str:
         """An ``unchanged`` result, or the keyed content hash of a file that needs work.
@@ -421,7 +443,7 @@ class Pipeline:
             digest = hmac.new(self.content_key, text, hashlib.sha256).hexdigest()
             candidate = Candidate(Path(name), name, group, len(text), 0.0)
             try:
-                step = self._chunk(parsed, {})
+                step = self._keyed(self._chunk_here(parsed), {})
             except Rejected:
                 step = Prepared(parsed, [], None, {})
             prepared.append((candidate, digest, step))

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from ingest.chunk import chunk_document
 from ingest.embed import Embedder
+from ingest.parse import ParseLimits, parse_file
+from ingest.schema import open_passage
+from ingest.sparse import analyze
 from tests.ingest.conftest import corpus_file
 from tests.ingest.pipeline_kit import Kit, build_kit, put
 from tests.ingest.test_embed import bundled_embedder
@@ -178,3 +182,46 @@ def test_no_canary_plaintext_anywhere_after_inbox_ingestion(kit: Kit) -> None:
             data = path.read_bytes()
             leaks += [str(path) for n in needles if n in data]
     assert leaks == []
+
+
+@pytest.mark.parametrize("where", ["parse child", "main process"])
+def test_stored_chunks_and_terms_are_the_chunkers(
+    where: str, tmp_path: Path, embedder: Embedder
+) -> None:
+    """Chunks made in the parse child (the default) or, for an embedder without a fast
+    tokenizer, in the main process: the same passages and BM25 lengths either way."""
+    if where == "main process":  # as Embedder.load builds one around a slow tokenizer
+        embedder = Embedder(
+            embedder._model,
+            embedder.info,
+            counter=embedder.count_tokens,
+            batch_size=embedder.batch_size,
+            tokenizer_json=None,
+        )
+    kit = build_kit(tmp_path / "kb", embedder)
+    assert (kit.pipeline._chunk_spec is None) == (where == "main process")
+    source = corpus_file("markitdown/test.docx")
+    (kit.drop / "docs").mkdir()
+    shutil.copy(source, kit.drop / "docs" / "test.docx")
+    report = kit.pipeline.run_once(settle=False)
+    assert outcomes(report)["docs/test.docx"] == ("indexed", "")
+    expected = chunk_document(
+        parse_file(source, limits=ParseLimits()),
+        params=kit.pipeline.options.chunking,
+        count_tokens=embedder.count_tokens,
+    )
+    doc = kit.registry.find("inbox", "docs/test.docx")
+    assert doc is not None
+    stored = []
+    for index in range(len(expected)):
+        chunk_id = f"{doc.doc_id}:1:{index}"
+        hit = kit.store.get(chunk_id)
+        assert hit is not None
+        stored.append(open_passage(kit.pipeline.cipher, chunk_id, hit.payload))
+    assert len(kit.store.chunk_ids(doc.doc_id)) == len(expected) > 1
+    assert [(p.text, p.section_path, p.page_start) for p in stored] == [
+        (c.text, c.section_path, c.page_start) for c in expected
+    ]
+    lengths = sum(len(analyze(c.embed_text)) for c in expected)
+    assert kit.registry.corpus() == (len(expected), lengths)
+    assert report.files[0].stages["chunk_s"] > 0 and report.files[0].stages["parse_s"] > 0
