@@ -105,11 +105,15 @@ async def chat_completions(
 
 
 def _drain(engine: Any, kwargs: dict[str, Any]) -> Answer:
-    events = _events(engine, kwargs)
-    for event in events:
+    """The answer, after running the stream to its end: leaving it open at the ``done`` event
+    would close it there, and the engine would record the finished answer as cancelled."""
+    answer: Answer | None = None
+    for event in _events(engine, kwargs):
         if event.answer is not None:
-            return event.answer
-    raise RuntimeError("answer stream ended without an answer")  # pragma: no cover
+            answer = event.answer
+    if answer is None:  # pragma: no cover - the engine always ends with ``done``
+        raise RuntimeError("answer stream ended without an answer")
+    return answer
 
 
 def _events(engine: Any, kwargs: dict[str, Any]) -> Iterator[AnswerEvent]:
