@@ -7,12 +7,15 @@ request is refused with the reason and `ask` falls back to a labelled extractive
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -126,3 +129,73 @@ def test_tampered_package_is_refused_and_ask_falls_back(world: World) -> None:
 def test_ask_refuses_an_unknown_user(world: World) -> None:
     proc = appliance(world, "ask", "anything", "--user", "nobody")
     assert proc.returncode == 1 and "nobody" in proc.stderr
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def test_serve_speaks_tls_from_configured_files(world: World, tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    env = {
+        **_env(world),
+        "APPLIANCE__SERVE__TLS_CERT": str(cert),
+        "APPLIANCE__SERVE__TLS_KEY": str(key),
+        "APPLIANCE__SERVE__WATCH_DROP": "false",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "serve", "--no-ui", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        trust = ssl.create_default_context(cafile=str(cert))
+        deadline, status = time.monotonic() + 180, None
+        while time.monotonic() < deadline and proc.poll() is None and status is None:
+            try:
+                status = httpx.get(f"https://127.0.0.1:{port}/healthz", verify=trust).status_code
+            except httpx.TransportError:
+                time.sleep(0.5)
+        assert status == 200
+        with pytest.raises(httpx.TransportError):  # no plain HTTP on the TLS port
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert f"serving on https://127.0.0.1:{port}/" in out, out
