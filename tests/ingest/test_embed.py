@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -42,7 +43,19 @@ def test_bundled_model_info(embedder: Embedder) -> None:
     assert embedder.info.supports("en-US") is True
     assert embedder.info.supports("zh") is False
     assert os.environ["HF_HUB_OFFLINE"] == "1"
-    assert torch.get_num_threads() == 1  # DEFAULT_THREADS
+
+
+def test_loading_sets_one_torch_thread_by_default() -> None:
+    """In a fresh process: the session's cached embedder shares torch with serving tests,
+    which give generation every core."""
+    code = (
+        "import torch; from ingest.embed import Embedder; Embedder.load('bundled'); "
+        "print(torch.get_num_threads())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "1"  # DEFAULT_THREADS
 
 
 def test_bf16_documents_match_fp32_and_the_choice_is_validated(embedder: Embedder) -> None:
