@@ -8,7 +8,6 @@ the health check script runs for real against servers on loopback and real proce
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import http.server
 import importlib.util
 import re
@@ -22,10 +21,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from tests.support.tls import self_signed
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -237,34 +234,8 @@ def test_http_check_reports_invalid_settings(tmp_path: Path) -> None:
     assert bad.returncode == 1 and bad.stdout.startswith("settings: Invalid settings")
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "appliance.example")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file
-
-
 def test_https_check_follows_the_tls_settings(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     tls = {"APPLIANCE__SERVE__TLS_CERT": str(cert), "APPLIANCE__SERVE__TLS_KEY": str(key)}
@@ -284,6 +255,7 @@ def test_process_check_sees_a_live_watcher_but_not_a_zombie_or_a_dead_one(
     assert not healthcheck.process_running(words)
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *words])
     try:
+        _wait_for_exec(child.pid, words[-1])  # until exec, /proc shows pytest's own command line
         assert healthcheck.process_running(words)
         assert _run_check(tmp_path, "--process", *words).returncode == 0
         child.send_signal(signal.SIGKILL)
@@ -293,6 +265,15 @@ def test_process_check_sees_a_live_watcher_but_not_a_zombie_or_a_dead_one(
         child.kill()
         child.wait()
     assert _run_check(tmp_path, "--process", *words).returncode == 1
+
+
+def _wait_for_exec(pid: int, marker: str) -> None:
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    for _ in range(500):
+        if marker.encode() in cmdline.read_bytes():
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError(f"process {pid} never ran its command")
 
 
 def _wait_for_state(pid: int, state: str) -> None:
