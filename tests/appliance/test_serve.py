@@ -16,17 +16,9 @@ import torch
 from appliance.errors import Forbidden, ModelUnavailable
 from tests.ingest.test_embed import bundled_embedder
 from tests.support.fixtures import TinyModel, make_tiny_model_fixture
-from tests.support.serving import MODEL, NOW, World, build_world, open_runtime
+from tests.support.serving import MODEL, NOW, Clock, World, build_world, open_runtime
 
 tiny_model = make_tiny_model_fixture(scope="module")
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")

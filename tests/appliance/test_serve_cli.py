@@ -7,7 +7,6 @@ request is refused with the reason and `ask` falls back to a labelled extractive
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import ssl
@@ -25,6 +24,7 @@ from tests.ingest.test_embed import bundled_embedder
 from tests.support.fixtures import TinyModel, make_tiny_model_fixture
 from tests.support.server import free_port
 from tests.support.serving import MODEL, PASSPHRASE, World, build_world
+from tests.support.tls import self_signed
 
 tiny_model = make_tiny_model_fixture(scope="module")
 
@@ -131,45 +131,8 @@ def test_ask_refuses_an_unknown_user(world: World) -> None:
     assert proc.returncode == 1 and "nobody" in proc.stderr
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file
-
-
 def test_serve_speaks_tls_from_configured_files(world: World, tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     port = free_port()
     env = {
         **_env(world),

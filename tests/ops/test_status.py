@@ -7,10 +7,6 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from appliance.cli import cli
 from appliance.ops import runtime_state
@@ -18,6 +14,7 @@ from appliance.ops.render import render_status
 from appliance.ops.services import redact_uri, tls_status
 from appliance.ops.status import collect_status
 from appliance.ops.tasks import TaskStore
+from tests.support.tls import self_signed
 
 from .conftest import DAY, PASSPHRASE, OpsHome
 
@@ -122,31 +119,14 @@ def test_cli_status_shows_every_level(ops_home: OpsHome) -> None:
     assert "DEGRADED" in out and "milvus     lite" in out
 
 
-def _cert(path: Path, days: int) -> Path:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "appliance.test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=days))
-        .sign(key, hashes.SHA256())
-    )
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path
-
-
 def test_tls_expiry(tmp_path: Path) -> None:
     now = int(dt.datetime.now(dt.UTC).timestamp())
-    soon = tls_status(_cert(tmp_path / "soon.pem", 10), now=now)
+    soon_pem, _ = self_signed(tmp_path / "soon", days=10, common_name="appliance.test")
+    soon = tls_status(soon_pem, now=now)
     assert soon["state"] == "expiring" and 9.9 < soon["days_left"] <= 10.0
     assert "CN=appliance.test" in soon["subject"]
-    assert tls_status(_cert(tmp_path / "ok.pem", 200), now=now)["state"] == "ok"
-    assert tls_status(tmp_path / "soon.pem", now=now + 11 * DAY)["state"] == "expired"
+    assert tls_status(self_signed(tmp_path / "ok", days=200)[0], now=now)["state"] == "ok"
+    assert tls_status(soon_pem, now=now + 11 * DAY)["state"] == "expired"
     (tmp_path / "bad.pem").write_text("not a certificate")
     assert tls_status(tmp_path / "bad.pem", now=now)["state"] == "unreadable"
 

@@ -49,6 +49,16 @@ DOCS = {
 }
 
 
+class Clock:
+    """An injected clock a test moves by hand (policy expiry without waiting)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @dataclass
 class World:
     root: Path
