@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from .elements import Element, ParsedDocument, Table
@@ -155,10 +155,18 @@ def _path(doc_title: str, stack: Sequence[tuple[int, str, Element]]) -> tuple[st
 
 
 class _Packer:
-    """Measures candidate chunks of one breadcrumb against the budget."""
+    """Measures candidate chunks of one breadcrumb against the budget.
+
+    Greedy packing asks "does one more unit fit?" for every unit; counting each candidate
+    afresh costs one tokenizer pass over the growing chunk per unit (most of the chunking
+    time). :meth:`take` instead guesses the run from per-unit counts (each unit counted once)
+    and checks the guess with exact counts at its edge, which gives the same answer because
+    counts grow with the text; every exact count is remembered.
+    """
 
     def __init__(self, path: tuple[str, ...], params: ChunkParams, count: CountTokens) -> None:
         self.path, self.params, self.count = path, params, count
+        self._counts: dict[str, int] = {}
         half = params.max_tokens // 2  # the breadcrumb takes at most half of the budget
 
         def crumb_fits(crumb: str) -> bool:
@@ -167,6 +175,14 @@ class _Packer:
 
         crumb = _breadcrumb(path, crumb_fits)
         self.prefix = f"{crumb}\n\n" if crumb else ""
+        self.prefix_tokens = self.tokens(self.prefix) if crumb else 0
+
+    def tokens(self, text: str) -> int:
+        """``count(text)``, remembered (the same candidate is measured more than once)."""
+        n = self._counts.get(text)
+        if n is None:
+            n = self._counts[text] = self.count(text)
+        return n
 
     def fits(self, units: Sequence[_Unit]) -> bool:
         return self.fits_text(_render(units))
@@ -175,7 +191,53 @@ class _Packer:
         """Within budget; the character cap first, so huge strings are never counted."""
         text = self.prefix + text.strip()
         max_tokens = self.params.max_tokens
-        return len(text) <= max_tokens * MAX_CHARS_PER_TOKEN and self.count(text) <= max_tokens
+        return len(text) <= max_tokens * MAX_CHARS_PER_TOKEN and self.tokens(text) <= max_tokens
+
+    def estimate(self, text: str) -> int:
+        """Tokens ``text`` adds to a chunk, from its count alone behind the breadcrumb."""
+        return max(0, self.tokens(self.prefix + text.strip()) - self.prefix_tokens)
+
+    def take(self, current: list[_Unit], stream: Sequence[_Unit], start: int) -> int:
+        """How many units of ``stream[start:]`` greedy packing appends to ``current`` before
+        the first one that does not fit."""
+        used = self.prefix_tokens + sum(self.estimate(u.text) for u in current)
+        costs = (self.estimate(u.text) for u in stream[start:])
+        return _longest_fit(
+            len(stream) - start,
+            lambda k: self.fits([*current, *stream[start : start + k]]),
+            _guess(costs, self.params.max_tokens - used),
+        )
+
+
+def _guess(costs: Iterable[int], room: int) -> int:
+    """How many of ``costs``, in order, fit in ``room``."""
+    n = 0
+    for cost in costs:
+        room -= cost
+        if room < 0:
+            break
+        n += 1
+    return n
+
+
+def _longest_fit(n: int, fits: Callable[[int], bool], guess: int) -> int:
+    """The largest k in 0..n with ``fits(k)``, where ``fits(0)`` holds and once false stays
+    false: the guess is checked, then the search gallops up or bisects down from it."""
+    lo = min(max(guess, 0), n)
+    if lo and not fits(lo):
+        hi = lo - 1
+        lo = 0
+    else:
+        step = 1
+        while lo < n and fits(min(lo + step, n)):
+            lo, step = min(lo + step, n), step * 2
+        if lo == n:
+            return n
+        hi = min(lo + step, n) - 1
+    while lo < hi:  # fits(lo) holds, fits(hi + 1) does not
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
 
 
 _Draft = tuple[_Packer, list[_Unit]]  # a chunk before numbering: its breadcrumb and units
@@ -235,10 +297,10 @@ def _pack(stream: list[_Unit], packer: _Packer) -> list[list[_Unit]]:
     fresh: list[int] = []  # per draft: index where its new (non-overlap) units start
     current: list[_Unit] = []
     start = 0
-    for unit in stream:
-        if packer.fits([*current, unit]):
-            current.append(unit)
-            continue
+    i = _extend(current, stream, 0, packer)
+    while i < len(stream):
+        unit = stream[i]  # the first unit that does not fit: a new chunk begins
+        i += 1
         if len(current) > start:
             drafts.append(current)
             fresh.append(start)
@@ -247,22 +309,30 @@ def _pack(stream: list[_Unit], packer: _Packer) -> list[list[_Unit]]:
             current = current[1:]
         start = len(current)
         current = [*current, unit]
+        i += _extend(current, stream, i, packer)
     if len(current) > start:
         drafts.append(current)
         fresh.append(start)
     if len(drafts) >= 2:
         tail = drafts[-1][fresh[-1] :]
         merged = drafts[-2] + tail
-        if packer.count(_render(tail)) < packer.params.min_tokens and packer.fits(merged):
+        if packer.tokens(_render(tail)) < packer.params.min_tokens and packer.fits(merged):
             drafts[-2:] = [merged]
     return drafts
+
+
+def _extend(current: list[_Unit], stream: Sequence[_Unit], start: int, packer: _Packer) -> int:
+    """Append to ``current`` the units from ``start`` that fit; returns how many."""
+    n = packer.take(current, stream, start)
+    current.extend(stream[start : start + n])
+    return n
 
 
 def _overlap_tail(units: list[_Unit], packer: _Packer) -> list[_Unit]:
     """The longest run of trailing text units within ``overlap_tokens`` (never the whole chunk)."""
     tail: list[_Unit] = []
     for unit in reversed(units[1:]):
-        if unit.table or packer.count(_render([unit, *tail])) > packer.params.overlap_tokens:
+        if unit.table or packer.tokens(_render([unit, *tail])) > packer.params.overlap_tokens:
             break
         tail.insert(0, unit)
     return tail
@@ -302,10 +372,10 @@ def _table_drafts(table: Table, element: Element, block: int, packer: _Packer) -
 
     drafts: list[list[_Unit]] = []
     rows: list[tuple[str, ...]] = []
-    for row in table.rows:
-        if packer.fits(unit(_markdown(table.header, [*rows, row]))):
-            rows.append(row)
-            continue
+    i = _more_rows(table, rows, 0, packer)
+    while i < len(table.rows):
+        row = table.rows[i]  # the first row that does not fit: a new chunk begins
+        i += 1
         if rows:
             drafts.append(unit(_markdown(table.header, rows)))
         rows = [row]
@@ -314,9 +384,25 @@ def _table_drafts(table: Table, element: Element, block: int, packer: _Packer) -
                 unit(text, partial) for text, partial in _split_row(table.header, row, packer)
             )
             rows = []
+        i += _more_rows(table, rows, i, packer)
     if rows or not drafts:
         drafts.append(unit(_markdown(table.header, rows)))
     return drafts
+
+
+def _more_rows(table: Table, rows: list[tuple[str, ...]], start: int, packer: _Packer) -> int:
+    """Append to ``rows`` the rows from ``start`` that still fit under the header (as
+    :meth:`_Packer.take` does for text); returns how many."""
+    all_rows = table.rows
+    used = packer.prefix_tokens + packer.estimate(_markdown(table.header, rows))
+    costs = (packer.estimate(_markdown((), [r])) for r in all_rows[start:])
+    n = _longest_fit(
+        len(all_rows) - start,
+        lambda k: packer.fits_text(_markdown(table.header, [*rows, *all_rows[start : start + k]])),
+        _guess(costs, packer.params.max_tokens - used),
+    )
+    rows.extend(all_rows[start : start + n])
+    return n
 
 
 def _split_row(
@@ -381,7 +467,7 @@ def _render(units: Sequence[_Unit]) -> str:
 def _finish(index: int, units: list[_Unit], packer: _Packer) -> Chunk:
     text = _render(units)
     embed_text = packer.prefix + text
-    tokens = packer.count(embed_text)
+    tokens = packer.tokens(embed_text)
     pages = [u.page for u in units if u.page is not None]
     tables = sum(u.table for u in units)
     flags = [FLAG_SPLIT_SENTENCE] if any(u.partial for u in units) else []

@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,8 @@ from ingest.chunk import (
     MAX_CHARS_PER_TOKEN,
     Chunk,
     ChunkParams,
+    CountTokens,
+    _longest_fit,
     chunk_document,
     count_tokens_whitespace,
 )
@@ -359,6 +362,81 @@ def test_real_embedder_tokenizer_counts_fit_the_window() -> None:
     for doc in (handbook(), chinese(), spreadsheet(), mixed()):
         chunks = chunk_document(doc, params=params, count_tokens=count)
         assert chunks and all(c.token_count == count(c.embed_text) <= 64 for c in chunks)
+
+
+def _greedy(pieces: list[str], fits: Callable[[str], bool]) -> list[str]:
+    """Plain greedy packing, one check per piece: what the estimate-then-verify search in
+    the chunker must reproduce."""
+    out, current = [], ""
+    for piece in pieces:
+        if fits(current + piece):
+            current += piece
+            continue
+        out.append(current.strip())
+        current = piece
+    return [*out, current.strip()]
+
+
+@pytest.mark.parametrize(
+    "count",
+    [
+        count_tokens_whitespace,
+        lambda t: len(t) // 7 + t.count("e"),  # not additive: a split changes the sum
+        lambda t: len(t.split()) * 2 - t.count(" a") + len(t) // 40,
+    ],
+)
+def test_packing_equals_plain_greedy_whatever_the_counter(count: CountTokens) -> None:
+    """Per-unit counts only guide the search; exact counts decide, so packing is the same as
+    checking every unit, even for a counter whose counts do not add up."""
+    sentences = [
+        f"{w.capitalize()} {' '.join(WORDS[: 1 + i % 9])} {i}. " for i, w in enumerate(WORDS * 12)
+    ]
+    params = ChunkParams(max_tokens=40, overlap_tokens=0, min_tokens=0)
+    doc = ParsedDocument(title="", pages=1, elements=(Element("text", "".join(sentences)),))
+    texts = [c.text for c in chunk_document(doc, params=params, count_tokens=count)]
+    limit = params.max_tokens * MAX_CHARS_PER_TOKEN
+    assert texts == _greedy(
+        split_sentences("".join(sentences)),
+        lambda t: len(t.strip()) <= limit and count(t.strip()) <= params.max_tokens,
+    )
+
+
+def test_table_rows_are_packed_as_plain_greedy_would() -> None:
+    rows = tuple((f"r{i}", "x " * (i % 7), str(i)) for i in range(200))
+    table = Table(("id", "text", "n"), rows)
+    doc = ParsedDocument(title="", pages=1, elements=(Element("table", "", table=table),))
+    params = ChunkParams(max_tokens=50, overlap_tokens=0, min_tokens=0)
+    counted: list[str] = []
+
+    def count(text: str) -> int:
+        counted.append(text)
+        return len(text) // 5 + text.count("|") // 3  # not additive over rows
+
+    chunks = chunk_document(doc, params=params, count_tokens=count)
+    header = "| id | text | n |\n| --- | --- | --- |\n"
+    expected = _greedy(
+        [_row_md(r) + "\n" for r in rows],
+        lambda t: count(header + t.strip()) <= params.max_tokens,
+    )
+    assert [c.text for c in chunks] == [header + e for e in expected]
+    assert len(counted) < 6 * len(rows)  # about one count per row plus a few per chunk
+
+
+def _row_md(row: tuple[str, ...]) -> str:
+    return "| " + " | ".join(" ".join(c.split()) for c in row) + " |"
+
+
+@pytest.mark.parametrize("n", range(8))
+def test_longest_fit_finds_the_last_fitting_count_from_any_guess(n: int) -> None:
+    for last, guess in itertools.product(range(n + 1), range(-1, n + 3)):
+        asked: list[int] = []
+
+        def fits(k: int, last: int = last, asked: list[int] = asked) -> bool:
+            asked.append(k)
+            return k <= last
+
+        assert _longest_fit(n, fits, guess) == last
+        assert len(asked) <= 2 or guess != last  # a right guess costs two checks at most
 
 
 # --- properties ----------------------------------------------------------------------------
