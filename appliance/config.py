@@ -94,7 +94,13 @@ class IngestSettings(_Section):
     )
     chunk_overlap_tokens: int = Field(32, ge=0, description="overlap between chunks")
     parse_ahead: int = Field(
-        2, ge=1, le=8, description="files parsed in child processes while another one embeds"
+        2, ge=1, le=8, description="files parsed at once in child processes while others embed"
+    )
+    parse_ahead_chunks: int = Field(
+        3000, ge=1, description="parsing pauses while this many parsed chunks wait to be embedded"
+    )
+    parse_nice: int = Field(
+        10, ge=0, le=19, description="how much lower the parse processes' CPU priority is"
     )
 
 

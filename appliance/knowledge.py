@@ -100,6 +100,7 @@ class Knowledge:
                 ocr=i.ocr,
                 ocr_languages=i.ocr_languages,
                 max_pages=i.max_pages,
+                nice=i.parse_nice,
             ),
             chunking=ChunkParams(
                 max_tokens=min(i.chunk_max_tokens, self.embedder.info.max_tokens),
@@ -107,6 +108,7 @@ class Knowledge:
             ),
             settle_s=i.settle_s,
             parse_ahead=i.parse_ahead,
+            ahead_chunks=i.parse_ahead_chunks,
         )
         drop = self.settings.drop_dir
         drop.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DependencyMissing
+from .threads import use_threads
 
 __all__ = [
     "BUNDLED_MODEL",
@@ -96,8 +97,10 @@ class Embedder:
         batch_size: int,
         precision: str = "fp32",
         tokenizer_json: str | None = None,
+        threads: int | None = None,
     ) -> None:
         self._model = model
+        self.threads = threads  # torch threads in whichever thread embeds (None: torch's own)
         self.info = info
         self._count = counter
         self.batch_size = batch_size
@@ -119,9 +122,9 @@ class Embedder:
     ) -> Embedder:
         """Load ``"bundled"`` or a local sentence-transformers directory, never downloading.
 
-        ``threads`` sets torch's intra-op threads *for the whole process* (None leaves torch's
-        setting alone); 1 is best on 2 cores shared with parsing or serving (see the numbers
-        above DEFAULT_BATCH_SIZE); a process that also runs an LLM should pass its own choice.
+        ``threads``: torch's intra-op threads in any thread that embeds (set there before each
+        call, see `ingest.threads`; None leaves torch's setting alone); 1 is best on 2 cores
+        shared with parsing or serving (see the numbers above DEFAULT_BATCH_SIZE).
         ``precision``: "fp32", "bf16" (documents are embedded under bfloat16 autocast; queries
         stay fp32, which is faster for a few tokens) or "auto" (bf16 where the hardware has
         native bfloat16: AMX / AVX512-BF16 CPUs, bf16-capable GPUs). ``languages`` overrides
@@ -153,6 +156,7 @@ class Embedder:
             batch_size=batch_size,
             precision=chosen,
             tokenizer_json=tokenizer_json,
+            threads=threads,
         )
 
     def count_tokens(self, text: str) -> int:
@@ -164,6 +168,7 @@ class Embedder:
         truncated by the model (chunks are sized with :meth:`count_tokens` to avoid it)."""
         if not texts:
             return np.zeros((0, self.info.dimension), dtype=np.float32)
+        use_threads(self.threads)
         with _autocast(self.precision, str(self._model.device)):
             vectors = self._model.encode_document(
                 list(texts),
@@ -177,6 +182,7 @@ class Embedder:
     def embed_query(self, text: str) -> np.ndarray:
         """One float32, L2-normalised vector of shape ``(dimension,)`` (the model's query
         prompt applied, if it has one)."""
+        use_threads(self.threads)
         vector = self._model.encode_query(
             [text], normalize_embeddings=True, convert_to_tensor=True, show_progress_bar=False
         )
@@ -254,15 +260,13 @@ def _load_model(model_dir: Path, device: str, threads: int | None) -> Any:
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
     try:
-        import torch
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:
         raise DependencyMissing(
             f"sentence-transformers cannot be imported ({exc}).",
             hint="Install the appliance's Python dependencies (`make setup`).",
         ) from None
-    if threads is not None:
-        torch.set_num_threads(threads)
+    use_threads(threads)
     try:
         return SentenceTransformer(
             str(model_dir), device=device, local_files_only=True, trust_remote_code=False

@@ -15,3 +15,5 @@ class ParseLimits:
     ocr_languages: str = "eng+chi_sim"
     max_pages: int = 2000
     max_memory_bytes: int = 4 * 2**30  # address-space limit of the parsing child process
+    nice: int = 10  # the child's CPU priority is lowered by this much (0-19), so parsing
+    # takes what embedding and serving leave over instead of slowing them down

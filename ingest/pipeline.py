@@ -14,10 +14,13 @@ Crash safety, step by step for one file (a `kill -9` may hit anywhere):
 that never became current or were superseded, so a restart leaves no duplicates and no orphan
 chunks; a file whose step 6 did not happen is recognised by its keyed content hash and removed.
 
-Work split on two cores: worker threads wait for parse children, which also chunk and count
-BM25 terms (they need only the embedder's tokenizer, sent as JSON); the main process keys the
-terms (the BM25 key stays here), embeds on one torch thread and writes. An embedder without a
-fast tokenizer (``tokenizer_json`` None) gets its chunks made in the worker thread instead.
+Work split on two cores (see `ingest.stages`): worker threads wait for parse children, which
+also chunk and count BM25 terms (they need only the embedder's tokenizer, sent as JSON) and run
+at a lower CPU priority; the worker threads key the terms (the BM25 key never leaves this
+process), and parsing runs ahead while few parsed chunks wait. The embedding thread embeds on
+one torch thread while the caller's thread writes the file before to Milvus and the registry.
+An embedder without a fast tokenizer (``tokenizer_json`` None) gets its chunks made in the
+worker thread instead.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -49,6 +52,7 @@ from .registry import Registry, TermCounts, Unfinished
 from .schema import PassageText, seal_passage
 from .scratch import private_scratch
 from .sparse import Bm25Params, TermHasher, doc_vector
+from .stages import ParseAhead, Prefetch, resolved
 from .store import ChunkRecord, ChunkStore
 
 log = logging.getLogger(__name__)
@@ -76,7 +80,9 @@ class IngestOptions:
     chunking: ChunkParams = field(default_factory=ChunkParams)
     bm25: Bm25Params = field(default_factory=Bm25Params)
     settle_s: float = 2.0
-    parse_ahead: int = 2  # files parsed (in child processes) while the current one embeds
+    parse_ahead: int = 2  # files parsed at once (child processes) while others embed
+    ahead_chunks: int = 3000  # parsing pauses while this many parsed chunks wait to embed
+    ahead_files: int = 64  # ... or this many parsed files
 
 
 @dataclass
@@ -170,11 +176,23 @@ class Pipeline:
                 self._finish(job, planned, progress)
             else:
                 todo.append((candidate, planned))
-        with ThreadPoolExecutor(
-            max_workers=max(1, self.options.parse_ahead), thread_name_prefix="parse"
-        ) as pool:
-            for (candidate, digest), future in self._parse_ahead(pool, todo):
-                self._finish(job, self._process(candidate, digest, future), progress)
+        # Largest first: big files take longest to parse, and small ones then fill the end of
+        # the batch, so the embedder is not left waiting for one long parse at the end
+        # (a simulation of the shared corpus with the measured times: 0.85 -> 0.90 of the
+        # embedder's throughput). A stable sort: equal sizes keep the folder's order.
+        todo.sort(key=lambda item: -item[0].size)
+        parsed = ParseAhead(
+            todo,
+            self._parse_item,
+            workers=self.options.parse_ahead,
+            weight=_chunk_count,
+            max_weight=self.options.ahead_chunks,
+            max_items=self.options.ahead_files,
+        )
+        with parsed, Prefetch(parsed, self._embed_item, ahead=2) as embedded:
+            for future in embedded:
+                (candidate, digest), step = future.result()
+                self._finish(job, self._process(candidate, digest, step), progress)
         job.seconds = self.clock() - started
         self.registry.finish_job(job.job_id, status="done", counts=json.dumps(job.totals))
         return job
@@ -204,26 +222,18 @@ class Pipeline:
             return found, present
         return [c for c in found if is_settled(c, now=now, settle_s=self.options.settle_s)], present
 
-    def _parse_ahead(
-        self, pool: ThreadPoolExecutor, items: list[tuple[Candidate, str]]
-    ) -> Iterator[tuple[tuple[Candidate, str], Future[Prepared | FileResult]]]:
-        """Yield files as their parse finishes (not in folder order), keeping a few parsed
-        ahead, so one slow file (a long OCR) never leaves the embedder idle."""
-        queue = iter(items)
-        pending: dict[Future[Prepared | FileResult], tuple[Candidate, str]] = {}
-        depth = self.options.parse_ahead * 3
-        while True:
-            for item in queue:
-                pending[pool.submit(self._parse_step, item[0])] = item
-                if len(pending) >= depth:
-                    break
-            if not pending:
-                return
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in sorted(done, key=lambda f: pending[f][0].rel_path):
-                yield pending.pop(future), future
-
     # ----- one file ---------------------------------------------------------------------------
+    def _parse_item(self, item: tuple[Candidate, str]) -> Prepared | FileResult:
+        return self._parse_step(item[0])
+
+    def _embed_item(self, item: tuple[_Todo, Future[Prepared | FileResult]]) -> _Embedded:
+        """Runs in the embedding thread (see `ingest.stages`); never raises."""
+        todo, parsed = item
+        return todo, resolved(lambda: self._embed_step(parsed.result()))
+
+    def _embed_step(self, step: Prepared | FileResult) -> Prepared | FileResult:
+        return step if isinstance(step, FileResult) else self._prepare(step)
+
     def _parse_step(self, candidate: Candidate) -> Prepared | FileResult:
         """Runs in a worker thread (the parse and, normally, the chunking run in a child)."""
         if not candidate.group or not valid_group(candidate.group):
@@ -297,7 +307,7 @@ class Pipeline:
             step = future.result()
             if isinstance(step, FileResult):
                 return self._record_failure(candidate, step, digest, quarantine_file)
-            return self._write(candidate, self._prepare(step), digest)
+            return self._write(candidate, step, digest)
         except Rejected as exc:
             return self._record_failure(
                 candidate, self._reject(candidate, exc), digest, quarantine_file
@@ -499,8 +509,7 @@ class Pipeline:
         info = path.stat()
         candidate = Candidate(path, rel_path, group, info.st_size, info.st_mtime)
         digest = self.content_hmac(path)
-        done: Future[Prepared | FileResult] = Future()
-        done.set_result(self._parse_step(candidate))
+        done = resolved(lambda: self._embed_step(self._parse_step(candidate)))
         result = self._process(candidate, digest, done, quarantine_file=False)
         if result.outcome == "failed":
             result.reason += " (the previous version stays indexed)"
@@ -535,6 +544,14 @@ class Pipeline:
             while block := fh.read(1 << 20):
                 mac.update(block)
         return mac.hexdigest()
+
+
+_Todo = tuple[Candidate, str]  # a file and its keyed content hash
+_Embedded = tuple[_Todo, Future[Prepared | FileResult]]
+
+
+def _chunk_count(step: Prepared | FileResult) -> int:
+    return len(step.chunks) if isinstance(step, Prepared) else 0
 
 
 def _passage(chunk: Chunk, title: str) -> PassageText:

@@ -47,6 +47,7 @@ class EngineOptions:
     temperature: float = 0.0
     request_timeout_s: float = 180.0
     question_logging: str = "hmac"
+    threads: int | None = None  # torch threads for generation (None: torch's default)
 
 
 @dataclass
@@ -243,6 +244,7 @@ class AnswerEngine:
             temperature=o.temperature,
             deadline=time.monotonic() + o.request_timeout_s,
             cancel=lease.cancel,
+            threads=o.threads,
         )
         if cancel is not None:
             _link(cancel, request.cancel)

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from ingest.threads import use_threads
+
 from ..errors import Cancelled
 from ..llm.loader import LoadedModel
 
@@ -42,6 +44,7 @@ class GenerationRequest:
     temperature: float = 0.0
     deadline: float | None = None  # time.monotonic() value
     cancel: threading.Event = field(default_factory=threading.Event)
+    threads: int | None = None  # torch threads of the generating thread (None: torch's own)
 
 
 def _streamer_class() -> Any:
@@ -100,6 +103,7 @@ def stream_generate(
 
     def work() -> None:
         try:
+            use_threads(request.threads)
             with torch.inference_mode():
                 model.generate(**kwargs)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread

@@ -15,6 +15,8 @@ from typing import Any
 
 import psutil
 
+from ingest.threads import use_threads
+
 from ..config import Settings
 from ..knowledge import AuditEvents, Knowledge, effective_groups
 from ..llm.hardening import disable_core_dumps, offline_env
@@ -54,6 +56,7 @@ def engine_options(settings: Settings) -> EngineOptions:
         temperature=llm.temperature,
         request_timeout_s=settings.serve.request_timeout_s,
         question_logging=settings.security.question_logging,
+        threads=generation_threads(settings),
     )
 
 
@@ -100,7 +103,7 @@ class Runtime:
         settings = app.settings
         knowledge = knowledge or Knowledge(settings, app.secure)
         knowledge.retriever  # noqa: B018 - open the embedder and Milvus before any model
-        _generation_threads(settings)
+        use_threads(generation_threads(settings))  # loading runs here, generation in threads
         metrics = Metrics()
         task_store = TaskStore.for_settings(settings)
         models = ModelManager(
@@ -164,9 +167,7 @@ def _unlock_metrics(metrics: Metrics) -> Callable[[str, str, str], None]:
     return on_event
 
 
-def _generation_threads(settings: Settings) -> None:
-    """The embedder pins torch to one thread for ingestion; generation wants every core."""
-    import torch
-
-    threads = settings.llm.threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
+def generation_threads(settings: Settings) -> int:
+    """torch threads for loading and generation: ``llm.threads``, 0 meaning every core (the
+    embedder keeps its own count in the threads that embed, see `ingest.threads`)."""
+    return settings.llm.threads or os.cpu_count() or 1

@@ -53,6 +53,24 @@ def _needs_a_tool(path: Path, *, limits: ParseLimits) -> ParsedDocument:
     raise DependencyMissing("Tesseract is not installed.", hint="apt-get install tesseract-ocr")
 
 
+def _report_priority(path: Path, *, limits: ParseLimits) -> ParsedDocument:
+    facts = {"nice": os.nice(0), "sid": os.getsid(0), "pgid": os.getpgid(0), "pid": os.getpid()}
+    return ParsedDocument(title=json.dumps(facts), pages=1, elements=())
+
+
+def test_child_runs_at_lower_priority_in_the_callers_session(tmp_path: Path) -> None:
+    """Parsing takes the CPU that embedding and answering leave: a lower priority, and the
+    caller's session, since a session of its own (an autogroup) would make the nice void."""
+    source = tmp_path / "x.txt"
+    source.write_text("x")
+    facts = json.loads(
+        parse_isolated(source, limits=ParseLimits(nice=7), parser=_report_priority).title
+    )
+    assert facts["nice"] == min(19, os.nice(0) + 7)
+    assert facts["sid"] == os.getsid(0)
+    assert facts["pgid"] == facts["pid"]  # its own group: a kill takes its converters too
+
+
 def test_child_result_equals_in_process_parse() -> None:
     source = corpus_file("unstructured/fake-power-point-table.pptx")
     isolated = parse_isolated(source, limits=ParseLimits())
