@@ -3,6 +3,7 @@ real Milvus Lite, SQLite, the bundled embedder, real encryption."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -109,6 +110,18 @@ def test_same_content_again_is_a_no_op(kit: Kit) -> None:
     report = kit.pipeline.run_once(settle=False)
     assert outcomes(report)["hr/a.txt"] == ("unchanged", "")
     assert kit.store.count() == before and not (kit.drop / "hr/a.txt").exists()
+
+
+def test_largest_files_are_parsed_first(kit: Kit) -> None:
+    """With one parse at a time, files come back in the order they were started."""
+    kit.pipeline.options = dataclasses.replace(kit.pipeline.options, parse_ahead=1)
+    sizes = {"hr/small.txt": 1, "hr/large.txt": 40, "finance/middle.txt": 12, "hr/tie.txt": 12}
+    for rel, sentences in sizes.items():
+        put(kit.drop, rel, "Expense claims need a receipt and a manager's approval. " * sentences)
+    report = kit.pipeline.run_once(settle=False)
+    order = [f.rel_path for f in report.files]
+    assert order == ["hr/large.txt", "finance/middle.txt", "hr/tie.txt", "hr/small.txt"]
+    assert {f.outcome for f in report.files} == {"indexed"}
 
 
 def test_refailed_file_is_retried_in_inbox(kit: Kit) -> None:
