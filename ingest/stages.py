@@ -98,7 +98,8 @@ class ParseAhead(Generic[T, R]):
 
     def _work(self) -> None:
         try:
-            while (item := self._next()) is not None:
+            while (taken := self._next()) is not None:
+                item = taken[0]
                 future = resolved(functools.partial(self._step, item))
                 weight = 0 if future.exception() else self._weight(future.result())
                 with self._cond:
@@ -110,8 +111,8 @@ class ParseAhead(Generic[T, R]):
                 self._running -= 1
                 self._cond.notify_all()
 
-    def _next(self) -> T | None:
-        """The next item once the backlog allows, or None when done or closed."""
+    def _next(self) -> tuple[T] | None:
+        """The next item (in a 1-tuple) once the backlog allows; None when done or closed."""
         with self._cond:
             while not self._closed and (
                 self._held >= self._max_weight or len(self._done) >= self._max_items
@@ -119,7 +120,9 @@ class ParseAhead(Generic[T, R]):
                 self._cond.wait()
             if self._closed:
                 return None
-            return next(self._items, None)
+            for item in self._items:
+                return (item,)
+            return None
 
 
 class Prefetch(Generic[S, R]):

@@ -39,6 +39,11 @@ def test_parse_ahead_yields_every_item_once_with_its_outcome() -> None:
         got[3].result()
 
 
+def test_parse_ahead_passes_any_item_even_none() -> None:
+    with ParseAhead([None, 0, ""], str, workers=1, weight=len, max_weight=9, max_items=9) as p:
+        assert [(item, f.result()) for item, f in p] == [(None, "None"), (0, "0"), ("", "")]
+
+
 def test_parse_ahead_pauses_while_the_backlog_weighs_too_much() -> None:
     started: list[int] = []
 
