@@ -115,7 +115,7 @@ def render_answer(text: str, *, numbers: Collection[int], turn: int) -> str:
 
 
 def mode_label(mode: str, model: str | None, lang: str) -> str:
-    """'Model X' or 'Extractive – no model unlocked'."""
+    """'Model X' or 'Extractive – no language model used'."""
     if mode == "generative" and model:
         return t(lang, "mode.generative", model=model)
     return t(lang, "mode.extractive")

@@ -9,8 +9,8 @@ from .retrieve import Passage
 
 SNIPPET_CHARS = 300
 EXTRACTIVE_LABEL = {
-    "en": "Extractive answer – no model unlocked",
-    "zh": "摘录式回答 – 没有已解锁的模型",
+    "en": "Extractive answer – no language model used",
+    "zh": "摘录式回答 – 未使用语言模型",
 }
 Mode = Literal["generative", "extractive"]
 

@@ -103,7 +103,7 @@ def test_pages_and_mode_labels() -> None:
     assert pages_text(None, None, "en") == ""
     assert pages_text(5, 5, "en") == "page 5"
     assert mode_label("generative", "qwen-ft", "en") == "Model qwen-ft"
-    assert mode_label("extractive", None, "en") == "Extractive – no model unlocked"
+    assert mode_label("extractive", None, "en") == "Extractive – no language model used"
     assert mode_label("extractive", None, "zh").startswith("摘录模式")
 
 
