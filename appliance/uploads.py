@@ -147,7 +147,13 @@ class Uploads:
             actor=f"user:{user.name}",
             now=int(now),
             object=item.id,
-            details={"group": group, "bytes": (folder / name).stat().st_size},
+            # the same protected name as the service's document.index / .quarantine entry that
+            # follows, so an auditor can tie the indexed document to the user who uploaded it
+            details={
+                "group": group,
+                "bytes": (folder / name).stat().st_size,
+                "name": self.knowledge.home.audit.protect(item.rel_path),
+            },
         )
         self._kick()
         return item

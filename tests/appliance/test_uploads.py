@@ -84,8 +84,10 @@ def test_docx_upload_is_indexed_into_the_users_group(world: UiWorld, uploads: Up
     assert uploads.status(fred) == []
     hits = world.runtime.knowledge.retriever.search("AutoGen multi-agent", groups=["hr"], limit=3)
     assert hits.passages and hits.passages[0].group == "hr"
-    actions = [e.action for e in world.app.secure.audit.tail(20)]
-    assert "document.upload" in actions and "document.index" in actions
+    entries = {e.action: e for e in world.app.secure.audit.tail(20)}
+    upload, index = entries["document.upload"], entries["document.index"]
+    assert upload.actor == "user:hana" and index.object == done.doc_id
+    assert upload.details["name"] == index.details["name"] != item.rel_path  # tied, not plain
 
 
 def test_broken_file_fails_with_reason(world: UiWorld, uploads: Uploads) -> None:
