@@ -34,99 +34,26 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
 
 from secure.records import RecordCipher
 from secure.vault import DocumentVault
 
-from .chunk import Chunk, ChunkParams
 from .drop import FAILED_DIR, Candidate, is_settled, quarantine, scan, valid_group
 from .elements import ParsedDocument
 from .errors import IngestError, Rejected
 from .isolate import parse_and_chunk_isolated, parse_isolated
-from .parse import ParseLimits
+from .jobs import EmbedderLike, Events, FileResult, IngestOptions, JobReport, Prepared
 from .prechunk import ChunkedDocument, ChunkSpec, chunk_and_count, keyed_term_freqs
-from .registry import Registry, TermCounts, Unfinished
-from .schema import PassageText, seal_passage
+from .records import build_records
+from .registry import Registry, Unfinished
 from .scratch import private_scratch
-from .sparse import Bm25Params, TermHasher, doc_vector
+from .sparse import TermHasher
 from .stages import ParseAhead, Prefetch, resolved
-from .store import ChunkRecord, ChunkStore
+from .store import ChunkStore
 
 log = logging.getLogger(__name__)
-Mode = Literal["inbox", "mirror"]
-Outcome = Literal["indexed", "unchanged", "failed", "deleted", "skipped"]
-
-
-class EmbedderLike(Protocol):
-    tokenizer_json: str | None  # lets parse children count tokens (see ingest.prechunk)
-
-    def count_tokens(self, text: str) -> int: ...
-    def embed_documents(self, texts: list[str]) -> Any: ...
-
-
-class Events(Protocol):
-    """Where the pipeline reports what it did (the appliance audits and counts these)."""
-
-    def file_done(self, result: FileResult) -> None: ...
-
-
-@dataclass(frozen=True)
-class IngestOptions:
-    mode: Mode = "inbox"
-    limits: ParseLimits = field(default_factory=ParseLimits)
-    chunking: ChunkParams = field(default_factory=ChunkParams)
-    bm25: Bm25Params = field(default_factory=Bm25Params)
-    settle_s: float = 2.0
-    parse_ahead: int = 2  # files parsed at once (child processes) while others embed
-    ahead_chunks: int = 3000  # parsing pauses while this many parsed chunks wait to embed
-    ahead_files: int = 64  # ... or this many parsed files
-
-
-@dataclass
-class FileResult:
-    rel_path: str
-    outcome: Outcome
-    doc_id: str | None = None
-    group: str = ""
-    code: str = ""
-    reason: str = ""
-    pages: int = 0
-    chunks: int = 0
-    stages: dict[str, float] = field(default_factory=dict)
-    warnings: tuple[str, ...] = ()
-
-
-@dataclass
-class JobReport:
-    job_id: str
-    files: list[FileResult] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def count(self, outcome: str) -> int:
-        return sum(1 for f in self.files if f.outcome == outcome)
-
-    @property
-    def totals(self) -> dict[str, int]:
-        keys = ("indexed", "unchanged", "failed", "deleted", "skipped")
-        out = {k: self.count(k) for k in keys}
-        out["pages"] = sum(f.pages for f in self.files if f.outcome == "indexed")
-        out["chunks"] = sum(f.chunks for f in self.files if f.outcome == "indexed")
-        return out
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A parsed and chunked file with its keyed BM25 term counts (worker thread), then its
-    vectors (main thread), ready to be written."""
-
-    parsed: ParsedDocument
-    chunks: list[Chunk]
-    vectors: Any
-    stages: dict[str, float]
-    tfs: list[dict[int, int]] = field(default_factory=list)
 
 
 class Pipeline:
@@ -340,7 +267,15 @@ class Pipeline:
             fmt=candidate.path.suffix.lower(),
         )
         try:
-            records, counts = self._records(doc_id, version, candidate.group, prepared)
+            records, counts = build_records(
+                doc_id,
+                version,
+                candidate.group,
+                prepared,
+                corpus=self.registry.corpus(),
+                cipher=self.cipher,
+                bm25=self.options.bm25,
+            )
             self.store.insert(records)
             if self.vault is not None and original:
                 # Record the storage id first: a crash during put leaves a known id to clean up.
@@ -377,41 +312,6 @@ class Pipeline:
             stages=stages,
             warnings=prepared.parsed.warnings,
         )
-
-    def _records(
-        self, doc_id: str, version: int, group: str, prepared: Prepared
-    ) -> tuple[list[ChunkRecord], TermCounts]:
-        tfs = prepared.tfs
-        lengths = [sum(tf.values()) for tf in tfs]
-        n_docs, total = self.registry.corpus()
-        avgdl = (total + sum(lengths)) / max(1, n_docs + len(lengths))
-        df: dict[int, int] = {}
-        records = []
-        for chunk, vector, tf, length in zip(
-            prepared.chunks, prepared.vectors, tfs, lengths, strict=True
-        ):
-            for term in tf:
-                df[term] = df.get(term, 0) + 1
-            chunk_id = f"{doc_id}:{version}:{chunk.index}"
-            records.append(
-                ChunkRecord(
-                    id=chunk_id,
-                    doc_id=doc_id,
-                    version=version,
-                    groups=(group,),
-                    page=chunk.page_start if chunk.page_start is not None else -1,
-                    kind=chunk.kind,
-                    language=chunk.language or "",
-                    payload=seal_passage(
-                        self.cipher, chunk_id, _passage(chunk, prepared.parsed.title)
-                    ),
-                    dense=vector,
-                    sparse=doc_vector(
-                        tf, doc_len=length, avgdl=avgdl or 1.0, params=self.options.bm25
-                    ),
-                )
-            )
-        return records, TermCounts(len(records), sum(lengths), df)
 
     # ----- failures ---------------------------------------------------------------------------
     def _reject(self, candidate: Candidate, exc: Rejected) -> FileResult:
@@ -552,10 +452,6 @@ _Embedded = tuple[_Todo, Future[Prepared | FileResult]]
 
 def _chunk_count(step: Prepared | FileResult) -> int:
     return len(step.chunks) if isinstance(step, Prepared) else 0
-
-
-def _passage(chunk: Chunk, title: str) -> PassageText:
-    return PassageText(chunk.text, chunk.section_path, title, chunk.page_start, chunk.page_end)
 
 
 def _group_problem(candidate: Candidate) -> str:
