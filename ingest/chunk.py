@@ -27,6 +27,7 @@ import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from .elements import Element, ParsedDocument, Table
 from .textsplit import (
@@ -41,6 +42,7 @@ from .textsplit import (
 __all__ = ["Chunk", "ChunkParams", "chunk_document", "count_tokens_whitespace"]
 
 CountTokens = Callable[[str], int]
+P = TypeVar("P")  # what is packed: a text unit or a table row
 FLAG_SPLIT_SENTENCE = "split-sentence"  # holds part of a sentence or cell longer than a chunk
 FLAG_OVERSIZE = "oversize"  # token_count > max_tokens (one character did not fit)
 # A chunk holds at most max_tokens * MAX_CHARS_PER_TOKEN characters. Prose is 1-6 characters a
@@ -159,9 +161,9 @@ class _Packer:
 
     Greedy packing asks "does one more unit fit?" for every unit; counting each candidate
     afresh costs one tokenizer pass over the growing chunk per unit (most of the chunking
-    time). :meth:`take` instead guesses the run from per-unit counts (each unit counted once)
-    and checks the guess with exact counts at its edge, which gives the same answer because
-    counts grow with the text; every exact count is remembered.
+    time). :func:`_append_fitting` instead guesses the run from per-unit counts (each unit
+    counted once) and checks the guess with exact counts at its edge, which gives the same
+    answer because counts grow with the text; every exact count is remembered.
     """
 
     def __init__(self, path: tuple[str, ...], params: ChunkParams, count: CountTokens) -> None:
@@ -196,17 +198,6 @@ class _Packer:
     def estimate(self, text: str) -> int:
         """Tokens ``text`` adds to a chunk, from its count alone behind the breadcrumb."""
         return max(0, self.tokens(self.prefix + text.strip()) - self.prefix_tokens)
-
-    def take(self, current: list[_Unit], stream: Sequence[_Unit], start: int) -> int:
-        """How many units of ``stream[start:]`` greedy packing appends to ``current`` before
-        the first one that does not fit."""
-        used = self.prefix_tokens + sum(self.estimate(u.text) for u in current)
-        costs = (self.estimate(u.text) for u in stream[start:])
-        return _longest_fit(
-            len(stream) - start,
-            lambda k: self.fits([*current, *stream[start : start + k]]),
-            _guess(costs, self.params.max_tokens - used),
-        )
 
 
 def _guess(costs: Iterable[int], room: int) -> int:
@@ -323,8 +314,32 @@ def _pack(stream: list[_Unit], packer: _Packer) -> list[list[_Unit]]:
 
 def _extend(current: list[_Unit], stream: Sequence[_Unit], start: int, packer: _Packer) -> int:
     """Append to ``current`` the units from ``start`` that fit; returns how many."""
-    n = packer.take(current, stream, start)
-    current.extend(stream[start : start + n])
+    return _append_fitting(current, stream, start, packer, render=_render, text_of=_unit_text)
+
+
+def _unit_text(unit: _Unit) -> str:
+    return unit.text
+
+
+def _append_fitting(
+    current: list[P],
+    items: Sequence[P],
+    start: int,
+    packer: _Packer,
+    *,
+    render: Callable[[Sequence[P]], str],
+    text_of: Callable[[P], str],
+) -> int:
+    """Append to ``current`` the items from ``start`` that greedy packing would still add
+    (stopping at the first that does not fit); returns how many. The run is guessed from
+    each item's own count and checked with exact counts of ``render`` at its edge."""
+    room = packer.params.max_tokens - packer.prefix_tokens - packer.estimate(render(current))
+    n = _longest_fit(
+        len(items) - start,
+        lambda k: packer.fits_text(render([*current, *items[start : start + k]])),
+        _guess((packer.estimate(text_of(x)) for x in items[start:]), room),
+    )
+    current.extend(items[start : start + n])
     return n
 
 
@@ -391,18 +406,16 @@ def _table_drafts(table: Table, element: Element, block: int, packer: _Packer) -
 
 
 def _more_rows(table: Table, rows: list[tuple[str, ...]], start: int, packer: _Packer) -> int:
-    """Append to ``rows`` the rows from ``start`` that still fit under the header (as
-    :meth:`_Packer.take` does for text); returns how many."""
-    all_rows = table.rows
-    used = packer.prefix_tokens + packer.estimate(_markdown(table.header, rows))
-    costs = (packer.estimate(_markdown((), [r])) for r in all_rows[start:])
-    n = _longest_fit(
-        len(all_rows) - start,
-        lambda k: packer.fits_text(_markdown(table.header, [*rows, *all_rows[start : start + k]])),
-        _guess(costs, packer.params.max_tokens - used),
-    )
-    rows.extend(all_rows[start : start + n])
-    return n
+    """Append to ``rows`` the rows from ``start`` that still fit under the header; how many."""
+
+    def render(some: Sequence[tuple[str, ...]]) -> str:
+        return _markdown(table.header, some)
+
+    return _append_fitting(rows, table.rows, start, packer, render=render, text_of=_row_text)
+
+
+def _row_text(row: tuple[str, ...]) -> str:
+    return _markdown((), [row])
 
 
 def _split_row(
