@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -431,6 +432,27 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
 
 
+def run_in_workdir(
+    args: argparse.Namespace,
+    prefix: str,
+    run: Callable[[argparse.Namespace, Path], dict[str, Any]],
+) -> dict[str, Any]:
+    """``run(args, workdir)`` in ``--workdir`` (kept for reuse) or in a scratch directory that
+    is removed afterwards."""
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix=prefix))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        return run(args, workdir)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--workdir", help="scratch dir, reused if prepared (default: a temp dir)")
@@ -443,16 +465,8 @@ def main() -> None:
     if args.child:
         run_child(args)
         return
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-load-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        report = run_bench(args, workdir)
-    finally:
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    report = run_in_workdir(args, "bench-load-", run_bench)
+    write_report(Path(args.out), report)
     print(json.dumps(report["summary"], indent=2))
 
 

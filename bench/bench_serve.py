@@ -39,7 +39,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -708,17 +707,9 @@ def main() -> None:
     if args.child:
         run_child(args)
         return
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        report = run_bench(args, workdir)
-    finally:
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+    report = bml.run_in_workdir(args, "bench-serve-", run_bench)
     name = "serve-quick.json" if args.quick else "serve.json"
-    out = Path(args.out) if args.out else REPO / "bench" / "results" / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    bml.write_report(Path(args.out) if args.out else REPO / "bench" / "results" / name, report)
     print(json.dumps(report["summary"], indent=2))
 
 
