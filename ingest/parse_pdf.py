@@ -132,12 +132,17 @@ def _open_with_qpdf(path: Path, workdir: Path) -> _Opened:
     return opened
 
 
+#: Titles that producers write when the author gave none ("(anonymous)": some PDF printers).
+_PLACEHOLDER_TITLES = frozenset({"title", "document", "(anonymous)", "anonymous"})
+
+
 def _metadata_title(pdf: Any) -> str:
     try:
-        value = str(pdf.docinfo.get("/Title", "")).strip()
+        value = str(pdf.docinfo.get("/Title", ""))
     except (ValueError, TypeError, KeyError, RuntimeError):
         return ""
-    placeholder = value.lower() in {"title", "document"} or value.lower().startswith(
+    value = "".join(ch for ch in value if ch.isprintable()).strip()  # "imagemagick-lzw\x00"
+    placeholder = value.lower() in _PLACEHOLDER_TITLES or value.lower().startswith(
         ("untitled", "microsoft word")
     )
     file_name = re.search(r"\.[A-Za-z]{2,4}$", value) is not None  # "loremipsum.jpg", "a.docx"

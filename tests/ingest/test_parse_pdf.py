@@ -38,6 +38,22 @@ def test_a_table_of_bare_numbers_is_not_mistaken_for_page_numbers(parsed: Parsed
     assert document.title == "all-number-table"  # metadata says "Untitled spreadsheet"
 
 
+def test_placeholder_metadata_title_is_not_the_document_title(parsed: Parsed) -> None:
+    # A PDF printer wrote "(anonymous)": citations would show that as the document's name.
+    document = parsed("markitdown/masterformat_partial_numbering.pdf")
+    assert document.title and "anonymous" not in document.title
+
+
+def test_control_characters_are_dropped_from_the_metadata_title(tmp_path: Path) -> None:
+    copy = tmp_path / "report.pdf"
+    with pikepdf.open(
+        corpus_file("py-pdf-sample-files/004-pdflatex-4-pages/pdflatex-4-pages.pdf")
+    ) as pdf:
+        pdf.docinfo["/Title"] = "Quarterly\x00 report\x07"  # as ImageMagick writes its titles
+        pdf.save(copy)
+    assert parse_file(copy, limits=ParseLimits()).title == "Quarterly report"
+
+
 def test_headings_from_font_sizes_get_levels(parsed: Parsed) -> None:
     document = parsed("unstructured/pdf/layout-parser-paper-fast.pdf")
     titles = [(e.text, e.level) for e in document.elements if e.kind == "title"]
