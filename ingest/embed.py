@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DependencyMissing
-from .threads import use_threads
+from .threads import torch_threads
 
 __all__ = [
     "BUNDLED_MODEL",
@@ -168,8 +168,7 @@ class Embedder:
         truncated by the model (chunks are sized with :meth:`count_tokens` to avoid it)."""
         if not texts:
             return np.zeros((0, self.info.dimension), dtype=np.float32)
-        use_threads(self.threads)
-        with _autocast(self.precision, str(self._model.device)):
+        with torch_threads(self.threads), _autocast(self.precision, str(self._model.device)):
             vectors = self._model.encode_document(
                 list(texts),
                 batch_size=self.batch_size,
@@ -182,10 +181,10 @@ class Embedder:
     def embed_query(self, text: str) -> np.ndarray:
         """One float32, L2-normalised vector of shape ``(dimension,)`` (the model's query
         prompt applied, if it has one)."""
-        use_threads(self.threads)
-        vector = self._model.encode_query(
-            [text], normalize_embeddings=True, convert_to_tensor=True, show_progress_bar=False
-        )
+        with torch_threads(self.threads):
+            vector = self._model.encode_query(
+                [text], normalize_embeddings=True, convert_to_tensor=True, show_progress_bar=False
+            )
         return _checked(vector, 1, self.info.dimension)[0]
 
 
@@ -266,11 +265,11 @@ def _load_model(model_dir: Path, device: str, threads: int | None) -> Any:
             f"sentence-transformers cannot be imported ({exc}).",
             hint="Install the appliance's Python dependencies (`make setup`).",
         ) from None
-    use_threads(threads)
     try:
-        return SentenceTransformer(
-            str(model_dir), device=device, local_files_only=True, trust_remote_code=False
-        )
+        with torch_threads(threads):
+            return SentenceTransformer(
+                str(model_dir), device=device, local_files_only=True, trust_remote_code=False
+            )
     except (OSError, ValueError, RuntimeError) as exc:
         raise DependencyMissing(
             f"The embedding model in {model_dir} could not be loaded: {exc}",

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
+from ingest.threads import run_in_thread
 from secure.errors import PolicyRefused, SecureError
 from secure.home import UnlockedHome
 from secure.models import ModelStore
@@ -94,10 +95,14 @@ class ModelManager:
         decrypt_threads: int = 0,
         recheck_s: float = 60.0,
         on_event: Callable[[str, str, str], None] | None = None,
+        load_threads: int | None = None,
     ) -> None:
         self.store, self.home, self.options, self.clock = store, home, options, clock
         self.names = list(names)
         self.decrypt_threads, self.recheck_s = decrypt_threads, recheck_s
+        #: torch threads of a load (a dtype conversion or GPU copy); it runs in a thread of its
+        #: own so that no long-lived thread keeps an OpenMP team (see ``ingest.threads``).
+        self.load_threads = load_threads
         self.on_event = on_event  # (event, model, reason_code): metrics hook
         self._slots: dict[str, _Slot] = {}
         self._lock = threading.Condition()
@@ -143,7 +148,11 @@ class ModelManager:
             # Decrypted files are bytearrays or anonymous memory maps; both expose the writable
             # buffer protocol the loader needs (views, in-place zeroing).
             files = cast(dict[str, bytearray], opened.files)
-            loaded = load_causal_lm(name, files, options=self.options)
+            loaded = run_in_thread(
+                lambda: load_causal_lm(name, files, options=self.options),
+                threads=self.load_threads,
+                name=f"load-{name}",
+            )
         except ModelLoadError as exc:
             self._audit("model.load", name, now, outcome="refused", reason="LOAD_FAILED")
             return self._set_locked(name, "LOAD_FAILED", exc.diagnostics(), now, host.strength)

@@ -15,8 +15,6 @@ from typing import Any
 
 import psutil
 
-from ingest.threads import use_threads
-
 from ..config import Settings
 from ..knowledge import AuditEvents, Knowledge, effective_groups
 from ..llm.hardening import disable_core_dumps, offline_env
@@ -103,7 +101,6 @@ class Runtime:
         settings = app.settings
         knowledge = knowledge or Knowledge(settings, app.secure)
         knowledge.retriever  # noqa: B018 - open the embedder and Milvus before any model
-        use_threads(generation_threads(settings))  # loading runs here, generation in threads
         metrics = Metrics()
         task_store = TaskStore.for_settings(settings)
         models = ModelManager(
@@ -115,6 +112,7 @@ class Runtime:
             decrypt_threads=settings.security.decrypt_threads,
             recheck_s=settings.llm.policy_recheck_s,
             on_event=_unlock_metrics(metrics),
+            load_threads=generation_threads(settings),
         )
         engine = AnswerEngine(
             retriever=knowledge.retriever,

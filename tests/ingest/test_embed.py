@@ -45,17 +45,19 @@ def test_bundled_model_info(embedder: Embedder) -> None:
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 
 
-def test_loading_sets_one_torch_thread_by_default() -> None:
-    """In a fresh process: the session's cached embedder shares torch with serving tests,
-    which give generation every core."""
+def test_embedding_uses_its_threads_and_leaves_the_callers_count() -> None:
+    """In a fresh process: the embedder computes on one thread (DEFAULT_THREADS) without
+    leaving the calling thread, which may generate next, on one core."""
     code = (
-        "import torch; from ingest.embed import Embedder; Embedder.load('bundled'); "
-        "print(torch.get_num_threads())"
+        "import torch; from ingest.embed import Embedder; n = torch.get_num_threads(); "
+        "e = Embedder.load('bundled'); e.embed_query('x'); e.embed_documents(['y']); "
+        "print(e.threads, torch.get_num_threads() == n, n)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
     )
-    assert out.stdout.strip().splitlines()[-1] == "1"  # DEFAULT_THREADS
+    threads, kept, before = out.stdout.strip().splitlines()[-1].split()
+    assert (threads, kept) == ("1", "True") and int(before) >= 1
 
 
 def test_bf16_documents_match_fp32_and_the_choice_is_validated(embedder: Embedder) -> None:

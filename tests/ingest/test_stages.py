@@ -3,6 +3,7 @@ bounded backlogs, early exits that stop the threads; and torch's per-thread thre
 
 from __future__ import annotations
 
+import os
 import resource
 import threading
 import time
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from ingest.stages import ParseAhead, Prefetch, resolved
-from ingest.threads import use_threads
+from ingest.threads import run_in_thread, torch_threads, use_threads
 
 
 def _settle() -> None:
@@ -151,3 +152,71 @@ def test_use_threads_holds_in_the_thread_that_computes() -> None:
     thread.start()
     thread.join()
     assert ratio[0] < 1.3
+
+
+def test_torch_threads_puts_the_callers_count_back() -> None:
+    """A query embedded on one thread must not leave the request's thread on one core."""
+    torch = pytest.importorskip("torch")
+    counts: list[int] = []
+
+    def work() -> None:
+        use_threads(2)
+        with torch_threads(1):
+            counts.append(torch.get_num_threads())
+        counts.append(torch.get_num_threads())
+        with pytest.raises(ZeroDivisionError), torch_threads(1):
+            1 / 0  # noqa: B018
+        counts.append(torch.get_num_threads())
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert counts == [1, 2, 2]
+
+
+def _os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def _settled_os_threads(target: int) -> int:
+    deadline = time.monotonic() + 5
+    while _os_threads() != target and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return _os_threads()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
+def test_run_in_thread_leaves_no_openmp_team_behind() -> None:
+    """A parallel torch operation leaves its thread an OpenMP team (an extra OS thread) for as
+    long as that thread lives; `run_in_thread`'s thread and team end with the call."""
+    torch = pytest.importorskip("torch")
+
+    def convert() -> str:
+        return str(torch.ones(1 << 22).to(torch.bfloat16).dtype)
+
+    before = _os_threads()
+    assert run_in_thread(convert, threads=2, name="convert") == "torch.bfloat16"
+    assert _settled_os_threads(before) == before
+
+    release, converted = threading.Event(), threading.Event()
+
+    def long_lived() -> None:  # the control: the same work in a thread that stays
+        use_threads(2)
+        convert()
+        converted.set()
+        release.wait()
+
+    thread = threading.Thread(target=long_lived)
+    thread.start()
+    converted.wait()
+    assert _os_threads() >= before + 2  # the thread and its team's worker
+    release.set()
+    thread.join()
+
+
+def test_run_in_thread_raises_the_functions_error_in_the_caller() -> None:
+    def fail() -> None:
+        raise ValueError("bad model file")
+
+    with pytest.raises(ValueError, match="bad model file"):
+        run_in_thread(fail, threads=None, name="fail")
