@@ -7,7 +7,9 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ from ingest.embed import (
     read_card_languages,
 )
 from ingest.errors import DependencyMissing
+from ingest.threads import use_threads
 
 
 @functools.cache
@@ -58,6 +61,33 @@ def test_embedding_uses_its_threads_and_leaves_the_callers_count() -> None:
     )
     threads, kept, before = out.stdout.strip().splitlines()[-1].split()
     assert (threads, kept) == ("1", "True") and int(before) >= 1
+
+
+def test_queries_embed_on_one_thread_whatever_documents_use(
+    embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request thread lives on: a multi-threaded team left there would slow every answer."""
+    import torch
+
+    seen: list[int] = []
+    encode = embedder._model.encode_query
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(torch.get_num_threads())
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(embedder._model, "encode_query", spy)
+    monkeypatch.setattr(embedder, "threads", 2)
+
+    def request() -> None:
+        use_threads(2)
+        embedder.embed_query("annual leave")
+        seen.append(torch.get_num_threads())
+
+    thread = threading.Thread(target=request)
+    thread.start()
+    thread.join()
+    assert seen == [1, 2]
 
 
 def test_bf16_documents_match_fp32_and_the_choice_is_validated(embedder: Embedder) -> None:
