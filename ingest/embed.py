@@ -173,15 +173,16 @@ class Embedder:
         truncated by the model (chunks are sized with :meth:`count_tokens` to avoid it)."""
         if not texts:
             return np.zeros((0, self.info.dimension), dtype=np.float32)
-        with torch_threads(self.threads), _autocast(self.precision, str(self._model.device)):
-            vectors = self._model.encode_document(
-                list(texts),
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_tensor=True,
-                show_progress_bar=False,
-            )
-        return _checked(vectors, len(texts), self.info.dimension)
+        with torch_threads(self.threads):  # the check's conversions too: no torch outside
+            with _autocast(self.precision, str(self._model.device)):
+                vectors = self._model.encode_document(
+                    list(texts),
+                    batch_size=self.batch_size,
+                    normalize_embeddings=True,
+                    convert_to_tensor=True,
+                    show_progress_bar=False,
+                )
+            return _checked(vectors, len(texts), self.info.dimension)
 
     def embed_query(self, text: str) -> np.ndarray:
         """One float32, L2-normalised vector of shape ``(dimension,)`` (the model's query
@@ -190,7 +191,7 @@ class Embedder:
             vector = self._model.encode_query(
                 [text], normalize_embeddings=True, convert_to_tensor=True, show_progress_bar=False
             )
-        return _checked(vector, 1, self.info.dimension)[0]
+            return _checked(vector, 1, self.info.dimension)[0]
 
 
 def _checked(vectors: Any, n: int, dim: int) -> np.ndarray:
