@@ -80,3 +80,21 @@ def test_generation_produces_exactly_the_requested_tokens(workdir: Path) -> None
     assert result["new_tokens"] == len(result["tokens"]) == 6
     assert result["decode_tokens_per_s"] > 0
     assert tokenizer.decode(result["tokens"]).strip()  # real text, not unknown ids
+
+
+def test_floor_side_fills_a_buffer_of_the_weights_size(workdir: Path) -> None:
+    floor = bench_serve.child_floor(workdir)
+    assert floor["bytes"] == (workdir / "model" / "model.safetensors").stat().st_size
+    assert 0 < floor["load_s"] == floor["seconds"] and floor["threads"] >= 1
+
+
+def test_floor_bound_adds_the_plaintext_forward_pass() -> None:
+    runs = {
+        "plaintext": [{"seconds": 0.30, "load_s": 0.20}, {"seconds": 0.40, "load_s": 0.28}],
+        "floor": [{"seconds": 0.25, "load_s": 0.25}],
+    }
+    med = {"plaintext": 0.35, "floor": 0.25}
+    bound = bench_serve._floor_summary(runs, med)
+    assert bound["plaintext_forward_s"] == pytest.approx(0.11)
+    assert bound["ratio_lower_bound"] == pytest.approx((0.25 + 0.11) / 0.35)
+    assert bench_serve._floor_summary({"plaintext": runs["plaintext"]}, {"plaintext": 0.35}) == {}

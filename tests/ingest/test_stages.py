@@ -174,15 +174,17 @@ def test_torch_threads_puts_the_callers_count_back() -> None:
     assert counts == [1, 2, 2]
 
 
-def _os_threads() -> int:
-    return len(os.listdir("/proc/self/task"))
+def _os_threads() -> set[str]:
+    return set(os.listdir("/proc/self/task"))
 
 
-def _settled_os_threads(target: int) -> int:
+def _new_os_threads(before: set[str]) -> set[str]:
+    """Threads started since ``before`` that are still alive, once they have had time to end
+    (other tests' threads may end meanwhile: only new ones count)."""
     deadline = time.monotonic() + 5
-    while _os_threads() != target and time.monotonic() < deadline:
+    while _os_threads() - before and time.monotonic() < deadline:
         time.sleep(0.02)
-    return _os_threads()
+    return _os_threads() - before
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
@@ -196,7 +198,7 @@ def test_run_in_thread_leaves_no_openmp_team_behind() -> None:
 
     before = _os_threads()
     assert run_in_thread(convert, threads=2, name="convert") == "torch.bfloat16"
-    assert _settled_os_threads(before) == before
+    assert _new_os_threads(before) == set()
 
     release, converted = threading.Event(), threading.Event()
 
@@ -209,7 +211,7 @@ def test_run_in_thread_leaves_no_openmp_team_behind() -> None:
     thread = threading.Thread(target=long_lived)
     thread.start()
     converted.wait()
-    assert _os_threads() >= before + 2  # the thread and its team's worker
+    assert len(_os_threads() - before) >= 2  # the thread and its team's worker
     release.set()
     thread.join()
 
