@@ -13,7 +13,9 @@ round, medians reported:
    ``load_causal_lm`` -> chat template -> ``generate`` one token. Plaintext:
    ``AutoModelForCausalLM.from_pretrained(dir)`` + ``AutoTokenizer.from_pretrained(dir)`` ->
    the same. With a warm page cache (every file just read) and a cold one (evicted with
-   ``posix_fadvise(DONTNEED)``, checked with ``cachestat``).
+   ``posix_fadvise(DONTNEED)``, checked with ``cachestat``). A ``floor`` side fills fresh
+   memory of the weights' size with AES-GCM output and nothing else (``child_floor``): with the
+   plaintext forward pass added, the lowest ratio a decrypting loader can reach on this machine.
 2. decode tokens/s: both models in one process, same chat prompt, greedy, a fixed number of new
    tokens (EOS suppressed), rate = (n - 1) / (last token - first token) from a streamer; the
    ratio is the median over rounds of each round's encrypted / plaintext rate.
@@ -21,7 +23,8 @@ round, medians reported:
    ``appliance.rag.prompt.build_prompt`` when present), both models.
 4. API overhead: the real server (``create_app(Runtime)`` under uvicorn on loopback) answering
    ``POST /v1/chat/completions`` (non-streaming, temperature 0, fixed max_tokens) through the
-   ``openai`` client, against the same answer path called in-process and against bare generate.
+   ``openai`` client, against the same answer path called in-process and against bare generate
+   (in a thread of its own, as every answer generates: see ``ingest/threads.py``).
 5. 8 concurrent streaming ``openai`` clients: errors, p50/p95 latency, throughput.
 
     python bench/bench_serve.py [--rounds 5] [--quick] [--workdir DIR] [--parts 1,2,3,4,5]
