@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -67,22 +68,14 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 def run_in_thread(fn: Callable[[], T], *, threads: int | None, name: str) -> T:
     """``fn()`` in a new thread that ends with it, torch there using ``threads`` (None: its
     default); returns its result or raises its exception in the caller."""
-    result: list[T] = []
-    failure: list[BaseException] = []
 
-    def work() -> None:
-        try:
-            use_threads(threads)
-            result.append(fn())
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            failure.append(exc)
+    def work() -> T:
+        use_threads(threads)
+        return fn()
 
-    thread = threading.Thread(target=work, name=name, daemon=True)
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return result[0]
+    # Leaving the block joins the executor's one thread, so its OpenMP team is gone on return.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=name) as pool:
+        return pool.submit(work).result()
 
 
 __all__ = ["run_in_thread", "torch_threads", "use_threads"]
