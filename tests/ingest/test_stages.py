@@ -7,7 +7,7 @@ import os
 import resource
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -45,13 +45,19 @@ def test_parse_ahead_passes_any_item_even_none() -> None:
         assert [(item, f.result()) for item, f in p] == [(None, "None"), (0, "0"), ("", "")]
 
 
-def test_parse_ahead_pauses_while_the_backlog_weighs_too_much() -> None:
+def _recording_step() -> tuple[list[int], Callable[[int], int]]:
+    """A step that notes every item it is started on, in order."""
     started: list[int] = []
 
     def step(n: int) -> int:
         started.append(n)
         return n
 
+    return started, step
+
+
+def test_parse_ahead_pauses_while_the_backlog_weighs_too_much() -> None:
+    started, step = _recording_step()
     ahead = ParseAhead(range(20), step, workers=1, weight=lambda r: 4, max_weight=10, max_items=99)
     with ahead:
         _settle()
@@ -64,12 +70,7 @@ def test_parse_ahead_pauses_while_the_backlog_weighs_too_much() -> None:
 
 
 def test_parse_ahead_counts_files_and_always_delivers_a_heavy_one() -> None:
-    started: list[int] = []
-
-    def step(n: int) -> int:
-        started.append(n)
-        return n
-
+    started, step = _recording_step()
     ahead = ParseAhead(range(6), step, workers=1, weight=lambda r: 1000, max_weight=10, max_items=5)
     with ahead:
         _settle()
