@@ -14,6 +14,7 @@ import gradio as gr
 from fastapi import FastAPI
 
 from .context import UiContext, guarded
+from .file_guard import FileGuard
 from .format import language_links
 from .i18n import TABLES, t
 from .pages import admin, admin_users, chat, history, upload
@@ -58,7 +59,7 @@ def build_blocks(ctx: UiContext, labels: gr.I18n) -> gr.Blocks:
     def L(key: str) -> Any:
         return labels(_key(key))
 
-    with gr.Blocks(title=TABLES["en"]["app.title"]) as blocks:
+    with gr.Blocks(title=TABLES["en"]["app.title"], analytics_enabled=False) as blocks:
         with gr.Row():
             header = gr.HTML(elem_id="header")
             mode = gr.Markdown(elem_id="mode")
@@ -97,6 +98,12 @@ def build_blocks(ctx: UiContext, labels: gr.I18n) -> gr.Blocks:
     return blocks
 
 
+def _refused(ctx: UiContext, scope: Any, raw: str) -> None:
+    from starlette.requests import Request
+
+    ctx.refuse_file(Request(scope).cookies, raw, route=str(scope.get("path", "")))
+
+
 def header_html(user: Any, lang: str) -> str:
     import html
 
@@ -120,12 +127,16 @@ def mount_ui(app: FastAPI, runtime: Any) -> None:
     cache = settings.home / "tmp" / "ui"
     cache.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.environ["GRADIO_TEMP_DIR"] = str(cache)  # Gradio reads it when the app is mounted
-    ctx = UiContext.build(runtime)
+    ctx = UiContext.build(runtime, upload_cache=cache)
     runtime.extras["ui"] = ctx
     add_routes(app, ctx)
     app.add_middleware(LoginRedirect, ctx=ctx)
+    app.add_middleware(FileGuard, cache=cache, audit=lambda scope, raw: _refused(ctx, scope, raw))
     labels = i18n()
     blocks = build_blocks(ctx, labels)
+    # Gradio checks that an event's files came from its upload route only once `launch()` has
+    # set this flag, which mounting never does; FileGuard is the check we own, this is Gradio's.
+    blocks.has_launched = True
     gr.mount_gradio_app(
         app,
         blocks,

@@ -11,6 +11,7 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import gradio as gr
@@ -37,9 +38,10 @@ class UiContext:
     conversations: ConversationStore
     access: Access
     uploads: Uploads
+    upload_cache: Path
 
     @classmethod
-    def build(cls, runtime: Any) -> UiContext:
+    def build(cls, runtime: Any, *, upload_cache: Path) -> UiContext:
         settings, app, knowledge = runtime.settings, runtime.app, runtime.knowledge
         sessions = SessionStore(
             settings.home / SESSIONS_FILE,
@@ -53,6 +55,7 @@ class UiContext:
             conversations=ConversationStore.open(settings.home, app.secure),
             access=Access(knowledge, clock=runtime.clock),
             uploads=runtime.uploads,
+            upload_cache=upload_cache,
         )
 
     def now(self) -> int:
@@ -83,6 +86,20 @@ class UiContext:
             )
             raise Forbidden("Administrators only.")
         return user
+
+    def refuse_file(self, cookies: Any, raw: str, *, route: str) -> None:
+        """Audit a refused client-named file path (``access.denied``, reason UPLOAD_PATH)."""
+        name = self.session_name(cookies)
+        audit = self.runtime.app.secure
+        audit.record(
+            "access.denied",
+            actor=f"user:{name}" if name else "anonymous",
+            now=self.now(),
+            object=audit.audit.protect(str(raw)[:512]),
+            outcome="refused",
+            reason="UPLOAD_PATH",
+            details={"route": route[:128]},
+        )
 
     def lang(self, request: gr.Request | None) -> str:
         if request is None:

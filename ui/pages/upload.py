@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -11,6 +10,7 @@ import gradio as gr
 from appliance.errors import InvalidInput
 
 from ..context import UiContext, guarded
+from ..file_guard import checked_upload
 from ..format import html_table, upload_rows
 from ..i18n import t
 
@@ -36,8 +36,16 @@ def build(ctx: UiContext, L: Label) -> dict[str, Any]:
         user, lang = ctx.user(request), ctx.lang(request)
         if not chosen:
             raise InvalidInput(t(lang, "upload.group"))
-        for raw in paths or []:
-            path = Path(raw)
+        cookies = getattr(request, "cookies", None)
+        files = [
+            checked_upload(
+                str(raw),
+                ctx.upload_cache,
+                lambda bad: ctx.refuse_file(cookies, bad, route="upload"),
+            )
+            for raw in paths or []
+        ]
+        for path in files:
             try:
                 ctx.uploads.save(user, filename=path.name, source=path, group=chosen)
             finally:

@@ -1,0 +1,150 @@
+"""Only files that this server's upload route put into its own upload cache may enter an event.
+
+Gradio turns any ``FileData`` a client sends (``{"path": …}``) into a server-side file: it copies
+a local path into its cache, or downloads a URL. It checks that the path came from an upload only
+when ``Blocks.has_launched`` is set, which ``mount_gradio_app`` never does; so a logged-in user
+could name the audit log, the settings file, key files or another group's files, and the upload
+event copied them into the user's group (security review, issue 12, item 1).
+
+:class:`FileGuard` closes that at the door, for every event of every component: an ASGI
+middleware in front of the Gradio app reads each event body (capped) and refuses it, before
+Gradio sees it, if any object in it names a ``path`` that is a URL or does not resolve (links
+followed) to a regular file inside the upload cache. Refusals are audited as ``access.denied``
+(reason ``UPLOAD_PATH``) with the user of the session cookie, and answered 403 with a generic
+message. :func:`checked_upload` repeats the check where the upload handler takes a path, so the
+appliance never copies a file from outside the cache even if the framework changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import Forbidden
+
+MAX_EVENT_BODY = 4 * 2**20  # an event carries a question and small values, never file bytes
+UPLOAD_ROUTE = "/gradio_api/upload"
+# Our own routes take no FileData; everything else POSTed goes to Gradio.
+OWN_ROUTES = ("/login", "/logout", "/v1/", "/ui/")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+REASON = "UPLOAD_PATH"
+MESSAGE = "Only files uploaded through this page can be submitted."
+
+Audit = Callable[[dict[str, Any], str], None]  # (ASGI scope, offending path) -> records it
+
+
+def cached_file(raw: object, cache: Path) -> Path | None:
+    """``raw`` as a regular file inside ``cache`` (after resolving every link), or None."""
+    if not isinstance(raw, str) or not raw or "\x00" in raw or _URL.match(raw):
+        return None
+    root = os.path.realpath(cache)
+    resolved = os.path.realpath(os.path.abspath(raw))
+    if os.path.commonpath([root, resolved]) != root or resolved == root:
+        return None
+    if not os.path.isfile(resolved):
+        return None
+    return Path(resolved)
+
+
+def named_paths(data: Any) -> Iterator[object]:
+    """Every ``path`` value of every object in a decoded JSON document."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "path" in item:
+                yield item["path"]
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def checked_upload(raw: str, cache: Path, refuse: Callable[[str], None]) -> Path:
+    """The cached file behind ``raw``; otherwise ``refuse(raw)`` (which audits) and Forbidden."""
+    found = cached_file(raw, cache)
+    if found is None:
+        refuse(raw)
+        raise Forbidden(MESSAGE, hint="Choose the file again in the upload box.")
+    return found
+
+
+class FileGuard:
+    """ASGI middleware: refuse Gradio event bodies that name files outside the upload cache."""
+
+    def __init__(self, app: Any, *, cache: Path, audit: Audit) -> None:
+        self.app, self.cache, self.audit = app, Path(cache), audit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if not _guarded(scope):
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive, MAX_EVENT_BODY)
+        if body is None:
+            await _reply(send, 413, "The request is too large.")
+            return
+        bad = self._offending(body)
+        if bad is not None:
+            self.audit(scope, bad)
+            await _reply(send, 403, MESSAGE)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    def _offending(self, body: bytes) -> str | None:
+        if not body.strip():
+            return None
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return None  # not JSON: Gradio refuses it; no FileData can hide in it
+        for raw in named_paths(data):
+            if cached_file(raw, self.cache) is None:
+                return str(raw)[:512]
+        return None
+
+
+def _guarded(scope: Any) -> bool:
+    if scope.get("type") != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
+        return False
+    path = str(scope.get("path", ""))
+    return path.rstrip("/") != UPLOAD_ROUTE and not path.startswith(OWN_ROUTES)
+
+
+async def _read_body(receive: Any, limit: int) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    sent = False
+
+    async def replayed() -> Any:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
+async def _reply(send: Any, status: int, message: str) -> None:
+    body = json.dumps({"detail": message}).encode("utf-8")
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
