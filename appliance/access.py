@@ -153,7 +153,9 @@ class Access:
             reason=reason,
             details={"request": action},
         )
-        return Forbidden(
+        refusal = Forbidden(
             "That source does not exist or you may not see it.",
             hint="Ask an administrator if you need access to this document's group.",
         )
+        refusal.audited = True
+        return refusal

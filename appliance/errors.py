@@ -12,6 +12,7 @@ class ApplianceError(Exception):
 
     code = "APPLIANCE_ERROR"
     exit_code = 1
+    audited = False  # set where the refusal was already written to the audit log
 
     def __init__(self, message: str, *, code: str | None = None, hint: str = "") -> None:
         super().__init__(message)

@@ -13,9 +13,10 @@ from typing import Any
 import gradio as gr
 from fastapi import FastAPI
 
-from .context import UiContext, guarded
+from .context import UiContext
 from .file_guard import FileGuard
 from .format import language_links
+from .gate import RefusalLog, SessionGate
 from .i18n import TABLES, t
 from .pages import admin, admin_users, chat, history, upload
 from .routes import LoginRedirect, add_routes
@@ -84,7 +85,7 @@ def build_blocks(ctx: UiContext, labels: gr.I18n) -> gr.Blocks:
                 with gr.Tab(L("admin.status")):
                     admin.build_status(ctx, L)
 
-        @guarded
+        @ctx.guarded
         def on_load(request: gr.Request) -> tuple[Any, ...]:
             user, lang = ctx.user(request), ctx.lang(request)
             return (
@@ -102,6 +103,18 @@ def _refused(ctx: UiContext, scope: Any, raw: str) -> None:
     from starlette.requests import Request
 
     ctx.refuse_file(Request(scope).cookies, raw, route=str(scope.get("path", "")))
+
+
+def _invalid_session(ctx: UiContext, client: str, route: str, count: int) -> None:
+    ctx.runtime.app.secure.record(
+        "access.denied",
+        actor="anonymous",
+        now=ctx.now(),
+        object=route[:128],
+        outcome="refused",
+        reason="SESSION_INVALID",
+        details={"client": client[:64], "count": count},
+    )
 
 
 def header_html(user: Any, lang: str) -> str:
@@ -132,6 +145,11 @@ def mount_ui(app: FastAPI, runtime: Any) -> None:
     add_routes(app, ctx)
     app.add_middleware(LoginRedirect, ctx=ctx)
     app.add_middleware(FileGuard, cache=cache, audit=lambda scope, raw: _refused(ctx, scope, raw))
+    app.add_middleware(  # outermost: strangers are turned away before anything reads a body
+        SessionGate,
+        live=lambda cookies: ctx.session_name(cookies) is not None,
+        refusals=RefusalLog(lambda client, route, n: _invalid_session(ctx, client, route, n)),
+    )
     labels = i18n()
     blocks = build_blocks(ctx, labels)
     # Gradio checks that an event's files came from its upload route only once `launch()` has

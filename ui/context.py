@@ -18,7 +18,7 @@ import gradio as gr
 
 from appliance.access import Access
 from appliance.conversations import ConversationStore
-from appliance.errors import ApplianceError, Forbidden
+from appliance.errors import ApplianceError, AuthError, Forbidden, NotFound
 from appliance.sessions import COOKIE_NAME, SESSIONS_FILE, SessionStore
 from appliance.uploads import Uploads
 from appliance.users import User
@@ -29,6 +29,7 @@ from .i18n import pick_language
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
+_SHOWN = (ApplianceError, SecureError, IngestError)
 
 
 @dataclass
@@ -84,7 +85,9 @@ class UiContext:
                 outcome="refused",
                 reason="NOT_ADMIN",
             )
-            raise Forbidden("Administrators only.")
+            refusal = Forbidden("Administrators only.")
+            refusal.audited = True
+            raise refusal
         return user
 
     def refuse_file(self, cookies: Any, raw: str, *, route: str) -> None:
@@ -99,6 +102,50 @@ class UiContext:
             outcome="refused",
             reason="UPLOAD_PATH",
             details={"route": route[:128]},
+        )
+
+    def guarded(self, fn: F) -> F:
+        """Show appliance errors as a Gradio error message (no traceback to the browser), and
+        audit every refusal (:meth:`refused`)."""
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except _SHOWN as exc:
+                self.refused(fn.__name__, _request_of(args, kwargs), exc)
+                raise gr.Error(_shown(exc)) from None
+
+        return wrapper  # type: ignore[return-value]
+
+    def guarded_stream(self, fn: F) -> F:
+        """:meth:`guarded` for generator handlers (streamed answers)."""
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from fn(*args, **kwargs)
+            except _SHOWN as exc:
+                self.refused(fn.__name__, _request_of(args, kwargs), exc)
+                raise gr.Error(_shown(exc)) from None
+
+        return wrapper  # type: ignore[return-value]
+
+    def refused(self, handler: str, request: gr.Request | None, exc: Exception) -> None:
+        """Audit one refused UI event (unless the code that refused it did): access refusals as
+        ``access.denied``, anything else (bad input, a failed operation) as ``ui.refused``."""
+        if getattr(exc, "audited", False):
+            return
+        cookies = getattr(request, "cookies", None) if request is not None else None
+        name = self.session_name(cookies)
+        access = isinstance(exc, AuthError | Forbidden | NotFound)
+        self.runtime.app.secure.record(
+            "access.denied" if access else "ui.refused",
+            actor=f"user:{name}" if name else "anonymous",
+            now=self.now(),
+            object=f"ui:{handler}",
+            outcome="refused",
+            reason=str(getattr(exc, "code", type(exc).__name__))[:64],
         )
 
     def lang(self, request: gr.Request | None) -> str:
@@ -119,27 +166,12 @@ def _cookie(cookies: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def guarded(fn: F) -> F:
-    """Show appliance errors as a Gradio error message (no traceback to the browser)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (ApplianceError, SecureError, IngestError) as exc:
-            raise gr.Error(exc.diagnostics() if hasattr(exc, "diagnostics") else str(exc)) from None
-
-    return wrapper  # type: ignore[return-value]
+def _request_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, gr.Request):
+            return value
+    return None
 
 
-def guarded_stream(fn: F) -> F:
-    """:func:`guarded` for generator handlers (streamed answers)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            yield from fn(*args, **kwargs)
-        except (ApplianceError, SecureError, IngestError) as exc:
-            raise gr.Error(exc.diagnostics() if hasattr(exc, "diagnostics") else str(exc)) from None
-
-    return wrapper  # type: ignore[return-value]
+def _shown(exc: Exception) -> str:
+    return exc.diagnostics() if hasattr(exc, "diagnostics") else str(exc)

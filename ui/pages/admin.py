@@ -16,7 +16,7 @@ from appliance.knowledge import AuditEvents
 from secure.audit import verify_log
 from secure.keys import LABEL_AUDIT_MAC
 
-from ..context import UiContext, guarded
+from ..context import UiContext
 from ..format import audit_rows, document_rows, html_table, model_rows, status_markdown
 from ..i18n import t
 
@@ -58,12 +58,12 @@ def build_documents(ctx: UiContext, L: Label) -> None:
         reindex = gr.Button(L("admin.reindex"), elem_id="docs-reindex")
     result = gr.Markdown(elem_id="docs-result")
 
-    @guarded
+    @ctx.guarded
     def show(g: str, s: str, request: gr.Request) -> str:
         ctx.admin(request)
         return documents_html(ctx, ctx.lang(request), g or "", s or "")
 
-    @guarded
+    @ctx.guarded
     def on_delete(target: str, g: str, s: str, request: gr.Request) -> tuple[str, str]:
         user, lang = ctx.admin(request), ctx.lang(request)
         kb = ctx.runtime.knowledge
@@ -83,7 +83,7 @@ def build_documents(ctx: UiContext, L: Label) -> None:
             kb.pipeline().delete_document(doc.doc_id)
         return t(lang, "admin.done"), documents_html(ctx, lang, g or "", s or "")
 
-    @guarded
+    @ctx.guarded
     def on_reindex(target: str, g: str, s: str, request: gr.Request) -> tuple[str, str]:
         user, lang = ctx.admin(request), ctx.lang(request)
         kb = ctx.runtime.knowledge
@@ -102,7 +102,7 @@ def build_failures(ctx: UiContext, L: Label) -> None:
     refresh = gr.Button(L("admin.refresh"), elem_id="failures-refresh")
     table = gr.HTML(elem_id="failures-table")
 
-    @guarded
+    @ctx.guarded
     def show(request: gr.Request) -> str:
         ctx.admin(request)
         return documents_html(ctx, ctx.lang(request), "", "failed", table_id="failures")
@@ -120,12 +120,12 @@ def build_models(ctx: UiContext, L: Label) -> None:
         rows = model_rows(ctx.runtime.models.states(), lang)
         return html_table(_heads(lang, _MODEL_COLS), rows, table_id="models")
 
-    @guarded
+    @ctx.guarded
     def show(request: gr.Request) -> str:
         ctx.admin(request)
         return render(ctx.lang(request))
 
-    @guarded
+    @ctx.guarded
     def on_recheck(request: gr.Request) -> str:
         ctx.admin(request)
         ctx.runtime.models.recheck()
@@ -143,14 +143,14 @@ def build_audit(ctx: UiContext, L: Label) -> None:
     verdict = gr.Markdown(elem_id="audit-verdict")
     table = gr.HTML(elem_id="audit-table")
 
-    @guarded
+    @ctx.guarded
     def show(text: str, request: gr.Request) -> str:
         ctx.admin(request)
         entries = audit_entries(ctx, text or "")
         heads = _heads(ctx.lang(request), _AUDIT_COLS)
         return html_table(heads, audit_rows(entries), table_id="audit-log")
 
-    @guarded
+    @ctx.guarded
     def on_verify(request: gr.Request) -> str:
         ctx.admin(request)
         return verify_text(ctx, ctx.lang(request))
@@ -197,7 +197,7 @@ def build_status(ctx: UiContext, L: Label) -> None:
     refresh = gr.Button(L("admin.refresh"), elem_id="status-refresh")
     body = gr.Markdown(elem_id="status-body")
 
-    @guarded
+    @ctx.guarded
     def show(request: gr.Request) -> str:
         ctx.admin(request)
         return status_markdown(collect(ctx))

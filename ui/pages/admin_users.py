@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from ..context import UiContext, guarded
+from ..context import UiContext
 from ..format import html_table, user_rows
 from ..i18n import t
 
@@ -45,12 +45,12 @@ def build(ctx: UiContext, L: Label) -> None:
             action, actor=f"user:{admin}", now=ctx.now(), object=target, details=details
         )
 
-    @guarded
+    @ctx.guarded
     def show(request: gr.Request) -> str:
         ctx.admin(request)
         return users_html(ctx, ctx.lang(request))
 
-    @guarded
+    @ctx.guarded
     def on_add(n: str, r: str, g: str, pw: str, request: gr.Request) -> tuple[str, str, str]:
         admin, lang = ctx.admin(request), ctx.lang(request)
         store = ctx.runtime.app.users
@@ -58,7 +58,7 @@ def build(ctx: UiContext, L: Label) -> None:
         audit(admin.name, "user.add", user.name, role=user.role, groups=",".join(user.groups))
         return t(lang, "admin.done"), users_html(ctx, lang), ""
 
-    @guarded
+    @ctx.guarded
     def on_disable(n: str, request: gr.Request) -> tuple[str, str]:
         admin, lang = ctx.admin(request), ctx.lang(request)
         target = ctx.runtime.app.users.get(n.strip())
@@ -67,7 +67,7 @@ def build(ctx: UiContext, L: Label) -> None:
         audit(admin.name, "user.disable", target.name)
         return t(lang, "admin.done"), users_html(ctx, lang)
 
-    @guarded
+    @ctx.guarded
     def on_enable(n: str, request: gr.Request) -> tuple[str, str]:
         admin, lang = ctx.admin(request), ctx.lang(request)
         target = ctx.runtime.app.users.get(n.strip())
@@ -75,7 +75,7 @@ def build(ctx: UiContext, L: Label) -> None:
         audit(admin.name, "user.enable", target.name)
         return t(lang, "admin.done"), users_html(ctx, lang)
 
-    @guarded
+    @ctx.guarded
     def on_reset(n: str, pw: str, request: gr.Request) -> tuple[str, str, str]:
         admin, lang = ctx.admin(request), ctx.lang(request)
         target = ctx.runtime.app.users.get(n.strip())

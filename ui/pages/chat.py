@@ -10,7 +10,7 @@ import gradio as gr
 from appliance.conversations import Turn
 from appliance.errors import ApplianceError
 
-from ..context import UiContext, guarded, guarded_stream
+from ..context import UiContext
 from ..format import mode_label, render_conversation, render_sources
 from ..routes import download_url
 
@@ -47,7 +47,7 @@ def build(ctx: UiContext, L: Label) -> dict[str, Any]:
         link = download_url if ctx.access.downloads_allowed(user) else None
         return render_sources(items, lang=lang, download_url=link)
 
-    @guarded_stream
+    @ctx.guarded_stream
     def on_ask(
         text: str, items: list[dict[str, Any]], conv: str | None, request: gr.Request
     ) -> Iterator[tuple[Any, ...]]:
@@ -72,7 +72,7 @@ def build(ctx: UiContext, L: Label) -> dict[str, Any]:
     new.click(on_new, None, [conversation, sources, turns, conversation_id, feedback])
 
     def rate(value: int) -> Callable[..., str]:
-        @guarded
+        @ctx.guarded
         def handler(items: list[dict[str, Any]], request: gr.Request) -> str:
             user, lang = ctx.user(request), ctx.lang(request)
             if not items or not items[-1].get("question_id"):

@@ -7,7 +7,7 @@ from typing import Any
 
 import gradio as gr
 
-from ..context import UiContext, guarded
+from ..context import UiContext
 from ..format import render_conversation
 from .chat import reopen
 
@@ -20,13 +20,13 @@ def build(ctx: UiContext, L: Label, chat: dict[str, Any]) -> None:
         refresh = gr.Button(L("admin.refresh"), elem_id="history-refresh")
         load = gr.Button(L("history.load"), variant="primary", elem_id="history-load")
 
-    @guarded
+    @ctx.guarded
     def on_refresh(request: gr.Request) -> Any:
         user = ctx.user(request)
         items = [(c.title, c.id) for c in ctx.conversations.history(user.name)]
         return gr.update(choices=items, value=items[0][1] if items else None)
 
-    @guarded
+    @ctx.guarded
     def on_load(conv: str | None, request: gr.Request) -> tuple[Any, ...]:
         user, lang = ctx.user(request), ctx.lang(request)
         if not conv:

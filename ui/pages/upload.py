@@ -9,7 +9,7 @@ import gradio as gr
 
 from appliance.errors import InvalidInput
 
-from ..context import UiContext, guarded
+from ..context import UiContext
 from ..file_guard import checked_upload
 from ..format import html_table, upload_rows
 from ..i18n import t
@@ -31,7 +31,7 @@ def build(ctx: UiContext, L: Label) -> dict[str, Any]:
         user, lang = ctx.user(request), ctx.lang(request)
         return uploads_html(ctx, user, lang)
 
-    @guarded
+    @ctx.guarded
     def on_upload(chosen: str | None, paths: list[str] | None, request: gr.Request) -> Any:
         user, lang = ctx.user(request), ctx.lang(request)
         if not chosen:
@@ -54,7 +54,7 @@ def build(ctx: UiContext, L: Label) -> dict[str, Any]:
 
     submit.click(on_upload, [group, files], [files, table])
 
-    @guarded
+    @ctx.guarded
     def poll(request: gr.Request) -> Any:
         return rows(request)
 
