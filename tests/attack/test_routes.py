@@ -123,6 +123,8 @@ def test_strangers_are_refused_everywhere(target: Target) -> None:
             if response.status_code not in REFUSED and not to_login:
                 accepted.append((route.method, route.template, who, response.status_code))
     assert not accepted, "\n".join(map(str, accepted))
+    invalid = [e for e in target.audit.tail(100_000) if e.reason == "SESSION_INVALID"]
+    assert invalid, "forged and ended session cookies were refused without an audit entry"
     assert target.alive()
 
 
