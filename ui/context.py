@@ -18,6 +18,7 @@ import gradio as gr
 from appliance.access import Access
 from appliance.conversations import ConversationStore
 from appliance.errors import ApplianceError, Forbidden
+from appliance.login_guard import LoginLimits
 from appliance.sessions import COOKIE_NAME, SESSIONS_FILE, SessionStore
 from appliance.uploads import Uploads
 from appliance.users import User
@@ -46,6 +47,7 @@ class UiContext:
             app.users,
             app.secure,
             minutes=settings.serve.session_minutes,
+            limits=LoginLimits.from_settings(settings.users),
         )
         return cls(
             runtime=runtime,
