@@ -52,7 +52,7 @@ class UiContext:
         return cls(
             runtime=runtime,
             sessions=sessions,
-            conversations=ConversationStore.open(settings.home, app.secure),
+            conversations=app.conversations,
             access=Access(knowledge, clock=runtime.clock),
             uploads=runtime.uploads,
         )
