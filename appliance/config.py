@@ -62,8 +62,42 @@ class SecuritySettings(_Section):
 
 class UserSettings(_Section):
     min_password_length: int = Field(12, ge=8, description="minimum password length")
-    lockout_failures: int = Field(5, ge=1, description="failed logins before an account locks")
-    lockout_minutes: int = Field(15, ge=1, description="how long a locked account stays locked")
+    lockout_failures: int = Field(
+        5,
+        ge=1,
+        description="wrong passwords in a row before logins to the account from clients not "
+        "recognised for it are delayed (and before a trusted device loses its trust)",
+    )
+    lockout_minutes: int = Field(
+        15,
+        ge=1,
+        description="the longest such delay: it starts at one minute and doubles with each "
+        "further wrong password; recognised clients are never delayed",
+    )
+    client_failures: int = Field(
+        10,
+        ge=1,
+        description="failed logins from one client address (IPv6: its /64) within "
+        "client_window_minutes before its further attempts wait a doubling time",
+    )
+    client_window_minutes: int = Field(
+        60, ge=1, description="the sliding window in which a client address's failures count"
+    )
+    client_max_delay_minutes: int = Field(
+        15, ge=1, description="the longest wait for a client address (it doubles from 1 second)"
+    )
+    global_failures_per_minute: int = Field(
+        30,
+        ge=1,
+        description="failed logins per minute from all addresses together above which logins "
+        "without a trusted device are refused until the rate drops",
+    )
+    trusted_device_days: int = Field(
+        30,
+        ge=1,
+        description="how long a browser (device cookie) and an address stay recognised for an "
+        "account after a successful login",
+    )
     password_cost_log2: int = Field(
         15, ge=10, le=20, description="scrypt cost (log2 N) for password hashes"
     )
@@ -238,7 +272,7 @@ class Settings(BaseSettings):
     )
     users: UserSettings = Field(
         default_factory=UserSettings,  # type: ignore[arg-type]
-        description="accounts, passwords and lockout",
+        description="accounts, passwords and login throttling",
     )
     ingest: IngestSettings = Field(
         default_factory=IngestSettings,  # type: ignore[arg-type]

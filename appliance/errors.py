@@ -51,11 +51,24 @@ class AlreadyExists(ApplianceError):
 
 
 class AuthError(ApplianceError):
+    """Authentication failed. ``code`` and the message are what the caller is told; ``reason``
+    (default: the code) is the precise cause for the audit log only, so that a failed login
+    never tells whether a name exists, a password was right or an account is disabled."""
+
     code = "AUTH_FAILED"
 
+    def __init__(
+        self, message: str, *, code: str | None = None, hint: str = "", reason: str = ""
+    ) -> None:
+        super().__init__(message, code=code, hint=hint)
+        self.reason = reason or self.code
 
-class AccountLocked(AuthError):
-    code = "ACCOUNT_LOCKED"
+
+class LoginThrottled(AuthError):
+    """Too many failed logins from this client address, or from everywhere at once; refused
+    before any name or password is looked at, so it says nothing about either."""
+
+    code = "LOGIN_THROTTLED"
 
 
 class Forbidden(ApplianceError):

@@ -1,11 +1,13 @@
 """Server-side web sessions for the staff UI.
 
-A login through :meth:`UserStore.authenticate` (which owns the lockout) gives a random 256-bit
+A login (throttled as :mod:`appliance.login_guard` describes, then checked by
+:meth:`UserStore.authenticate`) gives a random 256-bit
 session id, sent to the browser once as an HttpOnly, SameSite=Strict cookie; the database keeps
 only its SHA-256, so a copied ``sessions.db`` opens no session. Every request resolves the id to
 the *current* account: a session ends when it expires (``serve.session_minutes`` after login),
 at logout, and as soon as its user is disabled, removed or has a new password. Logins are audited
-(success and failure, with the user name typed); time is always passed in (unix seconds).
+(success and failure, with the user name typed and the precise reason, which the person logging
+in never sees); time is always passed in (unix seconds).
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from secure.home import UnlockedHome
 
-from .errors import ApplianceError, AuthError, NotFound
+from .errors import ApplianceError, AuthError, LoginThrottled, NotFound
+from .login_guard import LoginLimits, LoginThrottle, TrustedClients
 from .users import User, UserStore
 
 SESSIONS_FILE = "sessions.db"
@@ -54,34 +58,63 @@ class SessionStore:
     """Sessions in one SQLite file; each call opens a short connection (safe across threads)."""
 
     def __init__(
-        self, path: Path, users: UserStore, home: UnlockedHome, *, minutes: int = 480
+        self,
+        path: Path,
+        users: UserStore,
+        home: UnlockedHome,
+        *,
+        minutes: int = 480,
+        limits: LoginLimits | None = None,
     ) -> None:
         if minutes < 1:
             raise ValueError("Sessions must last at least one minute.")
         self.path, self.users, self.home = Path(path), users, home
         self.lifetime_s = minutes * 60
+        self.limits = limits or LoginLimits()
+        self.throttle = LoginThrottle(self.limits)
         with contextlib.suppress(FileExistsError):
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
         with self._db() as db:
             db.executescript(_SCHEMA)
+        self.trust = TrustedClients(self.path, self.limits)
 
-    def login(self, name: str, password: str, *, now: int, client: str = "") -> tuple[str, User]:
-        """(session id, user) for a right password; AuthError otherwise (audited either way)."""
+    def login(
+        self, name: str, password: str, *, now: int, client: str = "", device: str | None = None
+    ) -> tuple[str, User]:
+        """(session id, user) for a right password; AuthError otherwise (audited either way).
+
+        ``device`` is the browser's device token (:data:`appliance.login_guard.DEVICE_COOKIE`):
+        trusted for this account after a successful login, it lets the user past every throttle.
+        """
         shown = name if isinstance(name, str) and _NAME.fullmatch(name) else "(invalid name)"
-        details = {"client": client[:64]} if client else {}
+        details: dict[str, str | int | bool] = {"client": client[:64]} if client else {}
+        trusted = self._trusted_device(name, device, now=now)
+        if trusted is None:
+            self._throttle(shown, client, details, now=now)
+        else:
+            details["device"] = "trusted"
+
+        def recognised(user: User) -> bool:
+            return trusted is not None or self.trust.address_known(user.id, client, now=now)
+
         try:
-            user = self.users.authenticate(name, password, now=now)
+            user = self.users.authenticate(name, password, now=now, recognised=recognised)
         except AuthError as exc:
+            if trusted is not None:
+                self.trust.device_failed(trusted.id, device)
+            else:
+                self.throttle.failed(client, now=now)
             self.home.record(
                 "session.login",
                 actor=f"user:{shown}",
                 now=now,
                 outcome="refused",
-                reason=exc.code,
+                reason=exc.reason,
                 details=details,
             )
             raise
         self.home.record("session.login", actor=f"user:{user.name}", now=now, details=details)
+        self.trust.remember(user.id, client=client, device=device, now=now)
         session_id = secrets.token_urlsafe(32)
         with self._db() as db:
             db.execute(
@@ -141,6 +174,34 @@ class SessionStore:
         """Forget expired sessions; returns how many."""
         with self._db() as db:
             return db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,)).rowcount
+
+    def _trusted_device(self, name: str, device: str | None, *, now: int) -> User | None:
+        """The account ``name`` if ``device`` is trusted for it, else None."""
+        accounts = self.trust.device_accounts(device, now=now)
+        if not accounts or not isinstance(name, str) or not _NAME.fullmatch(name):
+            return None
+        user = self._current_user(name)
+        return user if user is not None and user.id in accounts else None
+
+    def _throttle(self, shown: str, client: str, details: dict[str, Any], *, now: int) -> None:
+        """Refuse (audited at most once a minute per address) while a throttle holds."""
+        refusal = self.throttle.check(client, now=now)
+        if refusal is None:
+            return
+        if refusal.audit:
+            self.home.record(
+                "session.login",
+                actor=f"user:{shown}",
+                now=now,
+                outcome="refused",
+                reason=refusal.reason,
+                details=details | {"refused": refusal.refused},
+            )
+        raise LoginThrottled(
+            "Too many failed logins. Try again later.",
+            hint="Wait a few minutes; an administrator can see the reason in the audit log.",
+            reason=refusal.reason,
+        )
 
     def _current_user(self, name: str) -> User | None:
         try:

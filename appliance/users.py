@@ -1,43 +1,47 @@
 """User accounts and API tokens in one SQLite file (WAL mode, foreign keys on).
 
-Passwords are stored only as scrypt hashes whose parameters travel with the hash
-(``$scrypt$ln=15,r=8,p=1$salt$hash``), so the cost can be raised later: a successful login re-hashes
-with the current parameters. API tokens are 32 random bytes shown once as ``kapp_...``; only their
-SHA-256 is stored. An unknown user and a wrong password fail with the same message, after the same
-amount of hashing work. There are no default accounts. Time is always passed in (unix seconds).
+Passwords are stored only as scrypt hashes (:mod:`appliance.passwords`); a successful login
+re-hashes with the current parameters. API tokens are 32 random bytes shown once as ``kapp_...``;
+only their SHA-256 is stored. Each account has a stable random id (``u-`` + 32 hex digits) that is
+never reused: what belongs to a person (conversations, trusted devices) is keyed by it, so a new
+account that takes a removed account's name inherits nothing.
+
+Every failed login has the same message and costs the same hashing work, whether the name is
+unknown, the password wrong, the account disabled or delayed; the real cause travels in
+:attr:`AuthError.reason` to the audit log only. There is no hard lockout a stranger could
+trigger: failures in a row only delay the account for clients the caller does not recognise
+(see :meth:`UserStore.authenticate`). There are no default accounts. Time is always passed in
+(unix seconds).
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
-import hmac
 import json
 import os
 import re
 import secrets
 import sqlite3
-import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import AccountLocked, AlreadyExists, ApplianceError, AuthError, InvalidInput, NotFound
+from .errors import AlreadyExists, ApplianceError, AuthError, InvalidInput, NotFound
+from .passwords import ScryptParams, check_password, parse_password_hash, verify_password
+from .passwords import b64 as _b64
+from .passwords import unb64 as _unb64
 
 ROLES = ("staff", "admin")
 TOKEN_PREFIX = "kapp_"  # noqa: S105 - a prefix, not a secret
-MAX_PASSWORD = 1024
 MAX_GROUPS = 64
+DELAY_BASE_S = 60  # the first delay after max_failures failures in a row; it doubles each time
 _NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
-_HASH = re.compile(
-    r"\$scrypt\$ln=([0-9]{1,2}),r=([0-9]{1,2}),p=([0-9]{1,2})\$([A-Za-z0-9_-]{22})\$([A-Za-z0-9_-]{43})"
-)
+USER_ID = re.compile(r"u-[0-9a-f]{32}")
 _TOKEN = re.compile(TOKEN_PREFIX + r"[A-Za-z0-9_-]{43}")
-_SCHEMA_VERSION = 1
-_SCHEMA = """
+_SCHEMA_VERSION = 2
+_SCHEMA_1 = """
 CREATE TABLE users (
     name TEXT PRIMARY KEY COLLATE NOCASE,
     role TEXT NOT NULL CHECK (role IN ('staff', 'admin')),
@@ -63,8 +67,12 @@ CREATE INDEX tokens_by_user ON tokens(user);
 """
 _USER_COLUMNS = (  # the hash comes last and never leaves this module
     "name, role, groups, disabled, failed_logins, locked_until, created_at, password_changed_at,"
-    " password_hash"
+    " id, password_hash"
 )
+
+
+def new_user_id() -> str:
+    return "u-" + secrets.token_hex(16)
 
 
 @dataclass(frozen=True)
@@ -75,16 +83,18 @@ class User:
     role: str
     groups: tuple[str, ...]
     disabled: bool
-    failed_logins: int
-    locked_until: int  # unix seconds; in the past (or 0) when not locked
+    failed_logins: int  # failed password logins in a row (reset by a success)
+    locked_until: int  # unix seconds: until then unrecognised clients are refused (see above)
     created_at: int
     password_changed_at: int
+    id: str = ""  # stable and never reused (u- + 32 hex); empty only in hand-made test objects
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
 
     def is_locked(self, now: int) -> bool:
+        """Whether logins from clients that are not recognised for this account wait now."""
         return self.locked_until > now
 
 
@@ -98,53 +108,6 @@ class TokenInfo:
     created_at: int
     last_used_at: int | None
     revoked: bool
-
-
-@dataclass(frozen=True)
-class ScryptParams:
-    """scrypt cost; bounded so that a damaged database cannot make a login eat all memory."""
-
-    n: int = 2**15
-    r: int = 8
-    p: int = 1
-
-    def __post_init__(self) -> None:
-        ok = 2 <= self.n <= 2**20 and self.n & (self.n - 1) == 0 and 1 <= self.r <= 32
-        if not ok or not 1 <= self.p <= 16 or 128 * self.r * self.n > 2**30:
-            raise ValueError(f"Unsupported scrypt parameters n={self.n}, r={self.r}, p={self.p}.")
-
-    def derive(self, password: str, salt: bytes) -> bytes:
-        data = unicodedata.normalize("NFC", password).encode("utf-8", "surrogatepass")
-        maxmem = 128 * self.r * (self.n + self.p + 2) + (1 << 20)
-        return hashlib.scrypt(
-            data, salt=salt, n=self.n, r=self.r, p=self.p, maxmem=maxmem, dklen=32
-        )
-
-    def hash(self, password: str) -> str:
-        salt = secrets.token_bytes(16)
-        digest = _b64(self.derive(password, salt))
-        return f"$scrypt$ln={self.n.bit_length() - 1},r={self.r},p={self.p}${_b64(salt)}${digest}"
-
-
-def parse_password_hash(stored: str) -> tuple[ScryptParams, bytes, bytes]:
-    """(params, salt, hash) of a stored hash; ApplianceError if the database holds garbage."""
-    match = _HASH.fullmatch(stored)
-    try:
-        if not match:
-            raise ValueError("not an scrypt hash")
-        params = ScryptParams(2 ** int(match[1]), int(match[2]), int(match[3]))
-        return params, _unb64(match[4]), _unb64(match[5])
-    except ValueError as exc:
-        raise ApplianceError(
-            "A stored password hash is damaged.",
-            code="USER_STORE",
-            hint="Set a new password with `appliance users passwd NAME`.",
-        ) from exc
-
-
-def verify_password(password: str, stored: str) -> bool:
-    params, salt, expected = parse_password_hash(stored)
-    return hmac.compare_digest(params.derive(password, salt), expected)
 
 
 class UserStore:
@@ -188,13 +151,13 @@ class UserStore:
                 )
             db.execute(
                 "INSERT INTO users (name, role, groups, password_hash, created_at,"
-                " password_changed_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (name, role, json.dumps(group_list), password_hash, now, now),
+                " password_changed_at, id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (name, role, json.dumps(group_list), password_hash, now, now, new_user_id()),
             )
             return _user(_row(db, name))
 
     def set_password(self, name: str, password: str, *, now: int) -> None:
-        """Change the password; this also clears failed logins and any lock."""
+        """Change the password; this also clears failed logins and any delay."""
         user = self.get(name)
         self.check_password(password, user.name)
         self._update(
@@ -211,10 +174,11 @@ class UserStore:
         self._update(name, "disabled = 0")
 
     def unlock(self, name: str) -> None:
+        """Clear the failed-login count and the delay for unrecognised clients."""
         self._update(name, "failed_logins = 0, locked_until = 0")
 
     def remove(self, name: str) -> None:
-        """Delete the account and (by cascade) its tokens."""
+        """Delete the account and (by cascade) its tokens; its id is never given out again."""
         with self._db(write=True) as db:
             if db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
                 raise _not_found(name)
@@ -231,21 +195,38 @@ class UserStore:
             raise _not_found(name)
         return _user(row)
 
-    def authenticate(self, name: str, password: str, *, now: int) -> User:
-        """The user if ``password`` is right; else AuthError, one message for unknown or wrong."""
+    def authenticate(
+        self,
+        name: str,
+        password: str,
+        *,
+        now: int,
+        recognised: Callable[[User], bool] | None = None,
+    ) -> User:
+        """The user if ``password`` is right and nothing stands in the way; else AuthError.
+
+        Every failure has the same message and code after the same hashing work; its
+        ``reason`` (audit only) is INVALID_NAME, UNKNOWN_USER, WRONG_PASSWORD,
+        ACCOUNT_DISABLED or ACCOUNT_DELAYED. After ``max_failures`` wrong passwords in a row the
+        account is *delayed* (first for a minute, doubling with each further failure up to
+        ``lockout_seconds``) for clients that ``recognised(user)`` does not vouch for: their
+        passwords are still checked, but refused even when right. The delay therefore tells a
+        guesser nothing, and the real user on a recognised client is never locked out.
+        """
+        valid = isinstance(name, str) and _NAME.fullmatch(name) is not None
         with self._db() as db:
-            row = _row(db, name) if isinstance(name, str) and _NAME.fullmatch(name) else None
+            row = _row(db, name) if valid else None
         if row is None:
             verify_password(password, self._dummy())  # same work as for a real account
-            raise _auth_failed()
+            raise _auth_failed("UNKNOWN_USER" if valid else "INVALID_NAME")
         user, stored = _user(row), row[-1]
-        if user.is_locked(now):
-            raise _locked(user)
         if not verify_password(password, stored):
             self._record_failure(user.name, now)
-            raise _auth_failed()
+            raise _auth_failed("WRONG_PASSWORD")
         if user.disabled:
-            raise _disabled(user.name)
+            raise _auth_failed("ACCOUNT_DISABLED")
+        if user.is_locked(now) and not (recognised is not None and recognised(user)):
+            raise _auth_failed("ACCOUNT_DELAYED")
         self._record_success(user.name, password, stored)
         return self.get(user.name)
 
@@ -265,23 +246,23 @@ class UserStore:
         return TOKEN_PREFIX + _b64(raw)
 
     def authenticate_token(self, token: str, *, now: int) -> User:
-        """The token's user; AuthError if the token is malformed, unknown or revoked.
+        """The token's user; AuthError with one message for every failure (``reason``, for the
+        audit log: TOKEN_MALFORMED, TOKEN_UNKNOWN, TOKEN_REVOKED or ACCOUNT_DISABLED).
 
-        A password lockout does not block tokens (it guards against password guessing, and a
-        token cannot be guessed); a disabled account does.
+        The password delay does not apply to tokens (it slows password guessing, and a token
+        cannot be guessed); a disabled account does.
         """
         raw = _parse_token(token)
         with self._db(write=True) as db:
             found = db.execute(
-                "SELECT id, user FROM tokens WHERE token_hash = ? AND revoked = 0",
-                (_token_hash(raw),),
+                "SELECT id, user, revoked FROM tokens WHERE token_hash = ?", (_token_hash(raw),)
             ).fetchone()
-            if found is None:
-                raise _bad_token()
-            db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (now, found[0]))
+            if found is None or found[2]:
+                raise _bad_token("TOKEN_REVOKED" if found else "TOKEN_UNKNOWN")
             user = _user(_row(db, found[1]))
-        if user.disabled:
-            raise _disabled(user.name)
+            if user.disabled:
+                raise _bad_token("ACCOUNT_DISABLED")
+            db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (now, found[0]))
         return user
 
     def revoke_tokens(self, name: str) -> int:
@@ -305,26 +286,19 @@ class UserStore:
 
     def check_password(self, password: str, name: str) -> None:
         """The password policy: long enough, not too long, not the user name."""
-        length = len(unicodedata.normalize("NFC", password))
-        if length < self.min_password_length:
-            raise InvalidInput(
-                f"The password is {length} characters; at least {self.min_password_length} "
-                "are required.",
-                hint="Use a passphrase of several words.",
-            )
-        if length > MAX_PASSWORD:
-            raise InvalidInput(f"The password is longer than {MAX_PASSWORD} characters.")
-        if password.strip().casefold() == name.casefold():
-            raise InvalidInput("The password must not be the user name.")
+        check_password(password, name, min_length=self.min_password_length)
 
     def _record_failure(self, name: str, now: int) -> None:
         with self._db(write=True) as db:
-            db.execute("UPDATE users SET failed_logins = failed_logins + 1 WHERE name = ?", (name,))
-            db.execute(
-                "UPDATE users SET failed_logins = 0, locked_until = ?"
-                " WHERE name = ? AND failed_logins >= ?",
-                (now + self.lockout_seconds, name, self.max_failures),
-            )
+            row = db.execute(
+                "UPDATE users SET failed_logins = failed_logins + 1 WHERE name = ?"
+                " RETURNING failed_logins",
+                (name,),
+            ).fetchone()
+            if row is not None and row[0] >= self.max_failures:
+                delay = DELAY_BASE_S << min(row[0] - self.max_failures, 30)
+                until = now + min(delay, self.lockout_seconds)
+                db.execute("UPDATE users SET locked_until = ? WHERE name = ?", (until, name))
 
     def _record_success(self, name: str, password: str, stored: str) -> None:
         params = parse_password_hash(stored)[0]
@@ -341,7 +315,7 @@ class UserStore:
 
     def _dummy(self) -> str:
         if self._dummy_hash is None:
-            self._dummy_hash = self.scrypt.hash(secrets.token_hex(16))
+            self._dummy_hash = self.scrypt.unmatchable_hash()  # no extra work on first use
         return self._dummy_hash
 
     def _create(self) -> None:
@@ -359,9 +333,12 @@ class UserStore:
                     code="USER_STORE",
                     hint="Upgrade the appliance software before using it.",
                 )
-            if version == 0:
-                for statement in filter(str.strip, _SCHEMA.split(";")):
+            if version < 1:
+                for statement in filter(str.strip, _SCHEMA_1.split(";")):
                     db.execute(statement)
+            if version < 2:
+                _add_user_ids(db)
+            if version < _SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     @contextlib.contextmanager
@@ -428,6 +405,14 @@ def normalise_groups(groups: Iterable[str] | str) -> list[str]:
     return sorted(names)
 
 
+def _add_user_ids(db: sqlite3.Connection) -> None:
+    """Schema 2: a stable random id per account (existing accounts get theirs now)."""
+    db.execute("ALTER TABLE users ADD COLUMN id TEXT NOT NULL DEFAULT ''")
+    for (name,) in db.execute("SELECT name FROM users").fetchall():
+        db.execute("UPDATE users SET id = ? WHERE name = ?", (new_user_id(), name))
+    db.execute("CREATE UNIQUE INDEX users_by_id ON users(id)")
+
+
 def _row(db: sqlite3.Connection, name: str) -> tuple[Any, ...] | None:
     query = f"SELECT {_USER_COLUMNS} FROM users WHERE name = ?"  # noqa: S608 - fixed columns
     row: tuple[Any, ...] | None = db.execute(query, (name,)).fetchone()
@@ -436,60 +421,33 @@ def _row(db: sqlite3.Connection, name: str) -> tuple[Any, ...] | None:
 
 def _user(row: tuple[Any, ...] | None) -> User:
     assert row is not None
-    name, role, groups, disabled, failed, locked, created, changed, _ = row
-    return User(
-        name, role, tuple(json.loads(groups)), bool(disabled), failed, locked, created, changed
-    )
+    name, role, groups, disabled, failed, locked, created, changed, user_id, _ = row
+    groups_ = tuple(json.loads(groups))
+    return User(name, role, groups_, bool(disabled), failed, locked, created, changed, user_id)
 
 
 def _parse_token(token: str) -> bytes:
     with contextlib.suppress(ValueError):
         if isinstance(token, str) and _TOKEN.fullmatch(token):
             return _unb64(token[len(TOKEN_PREFIX) :])
-    raise _bad_token()
+    raise _bad_token("TOKEN_MALFORMED")
 
 
 def _token_hash(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    """Decode unpadded URL-safe base64; ValueError unless ``text`` is the canonical encoding."""
-    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    if _b64(data) != text:
-        raise ValueError("not canonical base64")
-    return data
-
-
-def _when(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _bad_token() -> AuthError:
-    return AuthError("The API token is not valid.", hint="Ask an administrator for a new token.")
-
-
-def _auth_failed() -> AuthError:
-    return AuthError("The user name or password is wrong.", hint="Check both and try again.")
-
-
-def _locked(user: User) -> AccountLocked:
-    return AccountLocked(
-        f"The account '{user.name}' is locked until {_when(user.locked_until)} "
-        "after too many failed logins.",
-        hint="Try again after that time, or ask an administrator to unlock it.",
+def _bad_token(reason: str) -> AuthError:
+    return AuthError(
+        "The API token is not valid.",
+        hint="Ask an administrator for a new token.",
+        reason=reason,
     )
 
 
-def _disabled(name: str) -> AuthError:
+def _auth_failed(reason: str) -> AuthError:
     return AuthError(
-        f"The account '{name}' is disabled.",
-        code="ACCOUNT_DISABLED",
-        hint="Ask an administrator to enable it.",
+        "The user name or password is wrong.", hint="Check both and try again.", reason=reason
     )
 
 

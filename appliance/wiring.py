@@ -14,6 +14,7 @@ from secure.keys import KdfParams
 from secure.models import ModelStore
 
 from .config import SETTINGS_FILE, Settings, default_settings_text
+from .conversations import ConversationStore
 from .users import ScryptParams, UserStore
 
 DB_FILE = "appliance.db"
@@ -53,6 +54,11 @@ class Appliance:
             max_failures=u.lockout_failures,
             lockout_seconds=u.lockout_minutes * 60,
         )
+
+    @cached_property
+    def conversations(self) -> ConversationStore:
+        """Everyone's encrypted history (migrated to per-account keys on first open)."""
+        return ConversationStore.open(self.settings.home, self.secure, users=self.users)
 
 
 def init_appliance(settings: Settings, passphrase: str, *, now: int, actor: str) -> Appliance:

@@ -8,9 +8,12 @@ always computed over the exact bytes that were received.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import json
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +110,18 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def locked_dir(directory: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``flock``) on ``directory`` (serialises writers of the
+    files in it across processes; the files themselves are replaced, so they cannot carry it)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def fsync_dir(directory: Path) -> None:

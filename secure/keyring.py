@@ -15,9 +15,11 @@ the old or the new state. ``rotate`` writes the new kek before anything is wrapp
 store's rewrap is its own atomic write and the old kek stays until ``trim``; ``KeyStore.create``
 registers the store before writing it (a registered but absent store is harmless).
 A writer whose in-memory copy is stale (another process wrote a newer generation) is refused with
-``KEYRING_STALE`` instead of overwriting newer keks; this is a check, not a lock, so concurrent
-writers must still be serialised by the caller. Crypto-shredding also needs old copies of
-``keyring.json`` itself to be gone: a restored old keyring still holds the old keks.
+``KEYRING_STALE`` instead of overwriting newer keks; the check and the write hold an exclusive
+``flock`` on the keyring's directory, so two processes cannot both pass the check and then
+overwrite each other. A long-running process that was refused can :meth:`Keyring.refresh` (re-read
+the newer file) and retry. Crypto-shredding also needs old copies of ``keyring.json`` itself to be
+gone: a restored old keyring still holds the old keks.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import _macjson
-from ._encoding import atomic_write, b64d, b64e, field, u32
+from ._encoding import atomic_write, b64d, b64e, field, locked_dir, u32
 from ._keystore import DATA_KEY_LEN, NONCE_LEN, KeyStore, WrappedKey, read_store_file
 from .errors import FormatError, KeyringError, StateError, TamperedError
 from .keys import LABEL_KEYRING, LABEL_KEYRING_MAC, derive_key
@@ -110,6 +112,44 @@ class Keyring:
         except (FormatError, ValueError) as exc:  # a MACed file that is inconsistent was forged
             raise TamperedError(what, detail=str(exc)) from None
         return ring
+
+    def refresh(self) -> bool:
+        """Adopt ``keyring.json`` as another process wrote it (same root key); True if it was
+        newer. A server calls this after a write was refused as ``KEYRING_STALE``. A file of an
+        older generation than the one in memory (a restored copy) is refused."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            raise StateError(
+                f"The keyring file {self.path} is missing.",
+                hint="Restore it from backup; without it no stored data key can be unwrapped.",
+            ) from None
+        raw = _macjson.load(
+            data,
+            name=FORMAT,
+            version=VERSION,
+            key=self._mac_key,
+            what="keyring",
+            limit=MAX_KEYRING_BYTES,
+        )
+        try:
+            body = _parse_body(raw)
+            keks = {v: self._open_kek(v, sealed) for v, sealed in body["sealed"].items()}
+        except (FormatError, ValueError) as exc:
+            raise TamperedError("keyring", detail=str(exc)) from None
+        if body["generation"] < self.generation:
+            raise KeyringError(
+                f"The keyring {self.path} on disk is older (generation {body['generation']}) than "
+                f"the one in use (generation {self.generation}); it was not adopted.",
+                code="KEYRING_ROLLBACK",
+                hint="Someone restored an old keyring file; restore the newest one.",
+            )
+        if body["generation"] == self.generation:
+            return False
+        self.current_version, self.min_version = body["current"], body["min"]
+        self.generation, self._keks = body["generation"], keks
+        self._sealed, self._stores = dict(body["sealed"]), sorted(body["stores"])
+        return True
 
     # -- versions -----------------------------------------------------------------------------
 
@@ -314,21 +354,6 @@ class Keyring:
         stores: list[str],
     ) -> None:
         """Write the proposed state atomically, then adopt it in memory."""
-        on_disk = _macjson.disk_generation(
-            self.path,
-            name=FORMAT,
-            version=VERSION,
-            key=self._mac_key,
-            what="keyring",
-            limit=MAX_KEYRING_BYTES,
-        )
-        if on_disk != (self.generation or None):
-            raise KeyringError(
-                f"The keyring {self.path} changed on disk since it was loaded "
-                f"(generation {on_disk}, expected {self.generation}); nothing was written.",
-                code="KEYRING_STALE",
-                hint="Another process changed it; reload (restart the service) and retry.",
-            )
         gen = self.generation + 1
         body = {
             "current": current,
@@ -338,7 +363,23 @@ class Keyring:
             "stores": sorted(stores),
         }
         data = _macjson.dump(body, name=FORMAT, version=VERSION, key=self._mac_key)
-        atomic_write(self.path, data)
+        with locked_dir(self.path.parent):  # no other writer between the check and the write
+            on_disk = _macjson.disk_generation(
+                self.path,
+                name=FORMAT,
+                version=VERSION,
+                key=self._mac_key,
+                what="keyring",
+                limit=MAX_KEYRING_BYTES,
+            )
+            if on_disk != (self.generation or None):
+                raise KeyringError(
+                    f"The keyring {self.path} changed on disk since it was loaded "
+                    f"(generation {on_disk}, expected {self.generation}); nothing was written.",
+                    code="KEYRING_STALE",
+                    hint="Another process changed it; reload (restart the service) and retry.",
+                )
+            atomic_write(self.path, data)
         self.current_version, self.min_version, self.generation = current, min_, gen
         self._keks, self._sealed, self._stores = dict(keks), dict(sealed), sorted(stores)
 

@@ -19,6 +19,7 @@ import gradio as gr
 from appliance.access import Access
 from appliance.conversations import ConversationStore
 from appliance.errors import ApplianceError, AuthError, Forbidden, NotFound
+from appliance.login_guard import LoginLimits
 from appliance.sessions import COOKIE_NAME, SESSIONS_FILE, SessionStore
 from appliance.uploads import Uploads
 from appliance.users import User
@@ -49,11 +50,12 @@ class UiContext:
             app.users,
             app.secure,
             minutes=settings.serve.session_minutes,
+            limits=LoginLimits.from_settings(settings.users),
         )
         return cls(
             runtime=runtime,
             sessions=sessions,
-            conversations=ConversationStore.open(settings.home, app.secure),
+            conversations=app.conversations,
             access=Access(knowledge, clock=runtime.clock),
             uploads=runtime.uploads,
             upload_cache=upload_cache,

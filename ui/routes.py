@@ -15,6 +15,7 @@ from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from appliance.errors import ApplianceError, AuthError, Forbidden
+from appliance.login_guard import DEVICE_COOKIE, device_token
 from appliance.sessions import COOKIE_NAME
 from appliance.users import User
 
@@ -62,9 +63,12 @@ def add_routes(app: FastAPI, ctx: UiContext) -> None:
         from .format import login_page
 
         client = request.client.host if request.client else ""
+        device = device_token(request.cookies.get(DEVICE_COOKIE))
         try:
-            session_id, _ = ctx.sessions.login(username, password, now=ctx.now(), client=client)
-        except AuthError as exc:
+            session_id, _ = ctx.sessions.login(
+                username, password, now=ctx.now(), client=client, device=device
+            )
+        except AuthError as exc:  # one message for every cause (the audit log has the reason)
             lang = language(request)
             body = login_page(lang, error=f"{t(lang, 'login.failed')}: {exc.message}")
             return _page(body, status=401)
@@ -77,6 +81,15 @@ def add_routes(app: FastAPI, ctx: UiContext) -> None:
             samesite="strict",
             secure=secure_cookie,
             path="/",
+        )
+        response.set_cookie(  # recognises this browser at the next login (see login_guard)
+            DEVICE_COOKIE,
+            device,
+            max_age=ctx.sessions.limits.trust_s,
+            httponly=True,
+            samesite="strict",
+            secure=secure_cookie,
+            path="/login",
         )
         return response
 

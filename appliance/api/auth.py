@@ -18,6 +18,7 @@ def bearer(request: Request) -> str:
             "Missing API key.",
             hint="Send 'Authorization: Bearer <key>'; "
             "create a key with `appliance users token NAME`.",
+            reason="TOKEN_MISSING",
         )
     return token.strip()
 
@@ -35,7 +36,7 @@ def current_user(request: Request) -> User:
             now=now,
             object=request.url.path,
             outcome="refused",
-            reason=exc.code,
+            reason=exc.reason,  # the caller sees one message; the audit log the real cause
             details={"client": request.client.host if request.client else ""},
         )
         raise

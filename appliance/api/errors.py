@@ -12,7 +12,6 @@ from ingest.errors import IngestError
 from secure.errors import SecureError
 
 from ..errors import (
-    AccountLocked,
     ApplianceError,
     AuthError,
     Cancelled,
@@ -25,7 +24,6 @@ from ..errors import (
 )
 
 STATUS: list[tuple[type[Exception], int, str]] = [
-    (AccountLocked, 401, "authentication_error"),
     (AuthError, 401, "authentication_error"),
     (Forbidden, 403, "permission_error"),
     (NotFound, 404, "not_found_error"),

@@ -12,6 +12,7 @@ from secure.keyring import retire_old_keys
 from secure.keys import LABEL_AUDIT_MAC
 
 from ..errors import UsageError
+from ..sessions import SESSIONS_FILE, SessionStore
 from ._context import CliContext, emit_json, iso, pass_ctx, resolve_secret
 from ._open import open_home
 
@@ -236,18 +237,40 @@ def users_disable(ctx: CliContext, name: str) -> None:
     click.echo(f"Disabled {name}.")
 
 
+@users.command("unlock")
+@click.argument("name")
+@pass_ctx
+def users_unlock(ctx: CliContext, name: str) -> None:
+    """Clear an account's failed logins and its login delay for unrecognised clients."""
+    app = open_home(ctx)
+    app.secure.record("user.unlock", actor=ctx.actor(), now=ctx.now(), object=name)
+    app.users.unlock(name)
+    click.echo(f"Cleared the failed logins of {name}.")
+
+
 @users.command("remove")
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_ctx
 def users_remove(ctx: CliContext, name: str, yes: bool) -> None:
-    """Delete an account."""
+    """Delete an account and crypto-shred its history.
+
+    Its API tokens, sessions and trusted devices go too; the key of its conversation history is
+    destroyed, so a new account of the same name starts empty."""
     if not yes and not click.confirm(f"Remove {name}?", default=False):
         raise UsageError("Not confirmed; nothing removed.")
     app = open_home(ctx)
-    app.secure.record("user.remove", actor=ctx.actor(), now=ctx.now(), object=name)
-    app.users.remove(name)
-    click.echo(f"Removed {name}.")
+    user = app.users.get(name)
+    app.secure.record(
+        "user.remove", actor=ctx.actor(), now=ctx.now(), object=user.name, details={"id": user.id}
+    )
+    app.users.disable(user.name)  # its sessions end now; nothing new is written meanwhile
+    gone = app.conversations.forget(user.id)
+    sessions = SessionStore(app.settings.home / SESSIONS_FILE, app.users, app.secure)
+    sessions.end_user_sessions(user.name)
+    sessions.trust.forget_user(user.id)
+    app.users.remove(user.name)
+    click.echo(f"Removed {user.name}; {gone} conversations and their key destroyed.")
 
 
 @users.command("token")

@@ -173,9 +173,10 @@ def test_history_is_owner_only(world: UiWorld, tmp_path: Path) -> None:
     from appliance.conversations import Turn
     from appliance.errors import NotFound
 
-    conv = ctx.conversations.start("fred", "travel", now=1)
-    ctx.conversations.add_turn("fred", conv, Turn("q", "a", "qid-1"), now=1)
+    fred, hana, root = (world.app.users.get(n).id for n in ("fred", "hana", "root"))
+    conv = ctx.conversations.start(fred, "travel", now=1)
+    ctx.conversations.add_turn(fred, conv, Turn("q", "a", "qid-1"), now=1)
     with pytest.raises(NotFound):
-        ctx.conversations.read("hana", conv)
+        ctx.conversations.read(hana, conv)
     with pytest.raises(NotFound):
-        ctx.conversations.read("root", conv)  # admins do not read others' history
+        ctx.conversations.read(root, conv)  # admins do not read others' history

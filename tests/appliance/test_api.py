@@ -18,7 +18,15 @@ from appliance.serve.server import build_app
 from tests.ingest.test_embed import bundled_embedder
 from tests.support.fixtures import TinyModel, make_tiny_model_fixture
 from tests.support.server import running_server
-from tests.support.serving import MODEL, NOW, Clock, World, build_world, open_runtime
+from tests.support.serving import (
+    MODEL,
+    NOW,
+    PASSWORD,
+    Clock,
+    World,
+    build_world,
+    open_runtime,
+)
 
 tiny_model = make_tiny_model_fixture(scope="module")
 
@@ -112,6 +120,35 @@ def test_bad_key_is_401(server: dict[str, Any]) -> None:
     assert info.value.status_code == 401
     r = httpx.get(server["url"] + "/v1/models")
     assert r.status_code == 401 and r.json()["error"]["code"] == "AUTH_FAILED"
+
+
+def test_every_bad_key_gets_the_same_401_and_the_audit_log_the_reason(
+    server: dict[str, Any],
+) -> None:
+    """A revoked key, or the key of a disabled account, must not tell its holder anything the
+    holder of a made-up key does not learn (whose account it is, that it was ever valid)."""
+    runtime = server["runtime"]
+    users = runtime.app.users
+    for name in ("dave", "erin"):
+        users.add_user(name, role="staff", groups=["hr"], password=PASSWORD, now=NOW)
+    revoked = users.issue_token("dave", now=NOW)
+    users.revoke_tokens("dave")
+    disabled = users.issue_token("erin", now=NOW)
+    users.disable("erin")
+    keys = ("kapp_" + "A" * 43, revoked, disabled, "not-a-key")
+    answers = [
+        httpx.get(server["url"] + "/v1/models", headers={"Authorization": f"Bearer {key}"})
+        for key in keys
+    ]
+    assert {r.status_code for r in answers} == {401}
+    assert len({r.content for r in answers}) == 1 and b"erin" not in answers[2].content
+    audited = [e for e in runtime.app.secure.audit.tail(20) if e.action == "api.auth"][-4:]
+    assert [e.reason for e in audited] == [
+        "TOKEN_UNKNOWN",
+        "TOKEN_REVOKED",
+        "ACCOUNT_DISABLED",
+        "TOKEN_MALFORMED",
+    ]
 
 
 def test_role_not_allowed_is_403_with_reason(server: dict[str, Any]) -> None:

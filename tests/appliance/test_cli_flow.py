@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -211,6 +212,44 @@ def test_users_commands(shell: Shell) -> None:
     assert token.encode() not in db and b"bob password" not in db
     shell.run("users", "disable", "bob")
     assert json.loads(shell.run("users", "list", "--json").stdout)[1]["disabled"] is True
+
+
+def test_users_remove_shreds_history_and_a_new_namesake_starts_empty(shell: Shell) -> None:
+    import time
+
+    from appliance.config import load_settings
+    from appliance.conversations import Turn
+    from appliance.wiring import open_appliance
+
+    home = shell.tmp / "home"
+    (shell.tmp / "carl.pw").write_text("carl password 4567\n")
+    shell.run("users", "add", "carl", "--groups", "hr", "--password-file", "carl.pw")
+
+    def server() -> Any:  # the server's side of the home, in this process
+        settings = load_settings(home)
+        now = int(time.time())
+        return open_appliance(settings, shell.env["APPLIANCE_PASSPHRASE"], now=now, actor="t")
+
+    app = server()
+    carl = app.users.get("carl")
+    conv = app.conversations.start(carl.id, "What is the CEO's salary?", now=1)
+    app.conversations.add_turn(carl.id, conv, Turn("q", "a secret answer", "q-1"), now=2)
+    app.conversations.rate(carl.id, "q-1", 1, now=3)
+    key = home / "keys" / "stores" / "conversations" / f"{carl.id}.json"
+    assert key.is_file()
+
+    proc = shell.run("users", "remove", "carl", "--yes")
+    assert "1 conversations and their key destroyed" in proc.stdout
+    assert not key.exists()
+    shell.run("users", "add", "carl", "--groups", "hr", "--password-file", "carl.pw")
+    app = server()
+    new = app.users.get("carl")
+    assert new.id != carl.id
+    assert app.conversations.history(new.id) == [] and app.conversations.feedback_rows() == []
+    removal = [e for e in app.secure.audit.tail(50) if e.action == "user.remove"][-1]
+    assert removal.details["id"] == carl.id
+    assert "Cleared" in shell.run("users", "unlock", "carl").stdout
+    assert shell.run("users", "remove", "nobody", "--yes", ok=False).returncode != 0
 
 
 def test_keys_rotate_and_status(shell: Shell) -> None:

@@ -1,4 +1,5 @@
-"""User store on a real SQLite file: accounts, password hashing, lockout, tokens."""
+"""User store on a real SQLite file: accounts and their stable ids, password hashing, the login
+delay (never a lockout of the real user), uniform failures, tokens."""
 
 from __future__ import annotations
 
@@ -10,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
+import appliance.passwords
 from appliance.errors import (
-    AccountLocked,
     AlreadyExists,
     ApplianceError,
     AuthError,
     InvalidInput,
     NotFound,
 )
-from appliance.users import ScryptParams, UserStore, parse_password_hash
+from appliance.users import _SCHEMA_1, USER_ID, ScryptParams, UserStore, parse_password_hash
 
 NOW = 1_700_000_000
 FAST = ScryptParams(n=2**4, r=1, p=1)
@@ -51,7 +52,7 @@ def test_fresh_store_has_no_accounts_and_is_private(tmp_path: Path) -> None:
     assert (store.path.stat().st_mode & 0o777) == 0o600
     with sqlite3.connect(store.path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
     assert UserStore.open(store.path, scrypt=FAST).list_users() == []  # reopening keeps it
 
 
@@ -79,19 +80,55 @@ def test_add_list_get_disable_enable_remove(store: UserStore) -> None:
         assert "appliance users list" in caught.value.diagnostics()
 
 
-def test_authenticate_and_indistinguishable_failures(store: UserStore) -> None:
+def test_authenticate_and_indistinguishable_failures(
+    store: UserStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unknown name, invalid name, wrong password, disabled and delayed accounts: one error
+    (type, code, message, hint), one scrypt run each; only ``reason`` (for the audit) differs."""
     assert store.authenticate("alice", ALICE_PW, now=NOW).name == "alice"
-    failures = []
-    for name, password in (("alice", BOB_PW), ("nobody", ALICE_PW), ("bad name!", "x")):
+    store.add_user("carol", role="staff", groups=[], password=BOB_PW, now=NOW)
+    store.disable("carol")
+    for i in range(5):
+        with pytest.raises(AuthError):
+            store.authenticate("bob", "wrong password!", now=NOW + i)
+    runs: list[int] = []
+    real_scrypt = hashlib.scrypt
+
+    def counting(*args: object, **kwargs: object) -> bytes:
+        runs.append(1)
+        return real_scrypt(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(appliance.passwords.hashlib, "scrypt", counting)
+    failures, reasons = [], []
+    attempts = [
+        ("alice", BOB_PW),  # wrong password
+        ("nobody", ALICE_PW),  # no such account
+        ("bad name!", "x"),  # not even a valid name
+        ("carol", BOB_PW),  # disabled, with the right password
+        ("bob", BOB_PW),  # delayed, with the right password, from an unrecognised client
+    ]
+    for name, password in attempts:
+        runs.clear()
         with pytest.raises(AuthError) as caught:
-            store.authenticate(name, password, now=NOW)
+            store.authenticate(name, password, now=NOW + 10)
+        assert len(runs) == 1, name  # the same hashing work for every failure
         failures.append((type(caught.value), caught.value.code, caught.value.diagnostics()))
+        reasons.append(caught.value.reason)
     assert len(set(failures)) == 1
     assert failures[0][:2] == (AuthError, "AUTH_FAILED")
-    assert "nobody" not in failures[0][2]
+    assert "nobody" not in failures[0][2] and "disabled" not in failures[0][2]
+    assert reasons == [
+        "WRONG_PASSWORD",
+        "UNKNOWN_USER",
+        "INVALID_NAME",
+        "ACCOUNT_DISABLED",
+        "ACCOUNT_DELAYED",
+    ]
 
 
-def test_lockout_after_failures_then_unlock_after_period(store: UserStore) -> None:
+def test_failures_delay_only_unrecognised_clients_and_never_lock_the_user_out(
+    store: UserStore,
+) -> None:
     for i in range(4):
         with pytest.raises(AuthError):
             store.authenticate("bob", "wrong password!", now=NOW + i)
@@ -101,14 +138,40 @@ def test_lockout_after_failures_then_unlock_after_period(store: UserStore) -> No
     for i in range(5):
         with pytest.raises(AuthError) as caught:
             store.authenticate("bob", "wrong password!", now=NOW + 10 + i)
-        assert caught.value.code == "AUTH_FAILED"
-    locked_at = NOW + 14
-    assert store.get("bob").locked_until == locked_at + 900
-    with pytest.raises(AccountLocked) as caught:
-        store.authenticate("bob", BOB_PW, now=locked_at + 899)  # even the right password
-    assert "locked until 2023-11-14 22:28 UTC" in caught.value.message
-    assert caught.value.code == "ACCOUNT_LOCKED"
-    assert store.authenticate("bob", BOB_PW, now=locked_at + 900).name == "bob"
+        assert caught.value.reason == "WRONG_PASSWORD"
+    last = NOW + 14
+    assert store.get("bob").locked_until == last + 60  # a minute at first
+    with pytest.raises(AuthError) as caught:  # the right password, from a stranger's client
+        store.authenticate("bob", BOB_PW, now=last + 59)
+    assert caught.value.reason == "ACCOUNT_DELAYED"
+    assert caught.value.message == "The user name or password is wrong."
+    seen: list[str] = []
+
+    def known(user: object) -> bool:
+        seen.append(getattr(user, "id", ""))
+        return True
+
+    # the real user on a recognised client is never delayed, however many failures
+    assert store.authenticate("bob", BOB_PW, now=last + 1, recognised=known).name == "bob"
+    assert seen == [store.get("bob").id]
+    for i in range(40):  # the delay doubles and stops at lockout_seconds
+        with pytest.raises(AuthError):
+            store.authenticate("bob", "wrong password!", now=NOW + 100 + i)
+    assert store.get("bob").locked_until == NOW + 139 + 900
+    assert store.authenticate("bob", BOB_PW, now=NOW + 139, recognised=known).name == "bob"
+    with pytest.raises(AuthError):
+        store.authenticate("bob", "wrong password!", now=NOW + 200)
+    store.unlock("bob")  # what `appliance users unlock` does
+    assert store.authenticate("bob", BOB_PW, now=NOW + 201).name == "bob"
+
+
+def test_delay_doubles_from_one_minute(store: UserStore) -> None:
+    delays = []
+    for i in range(9):
+        with pytest.raises(AuthError):
+            store.authenticate("bob", "wrong password!", now=NOW + i)
+        delays.append(store.get("bob").locked_until - (NOW + i) if i >= 4 else 0)
+    assert delays == [0, 0, 0, 0, 60, 120, 240, 480, 900]
 
 
 def test_lockout_is_configurable_and_passwd_clears_it(tmp_path: Path) -> None:
@@ -125,14 +188,43 @@ def test_lockout_is_configurable_and_passwd_clears_it(tmp_path: Path) -> None:
         store.authenticate("carol", ALICE_PW, now=NOW + 1)
 
 
-def test_disabled_account_says_so_only_with_the_right_password(store: UserStore) -> None:
-    store.disable("alice")
-    with pytest.raises(AuthError) as caught:
-        store.authenticate("alice", ALICE_PW, now=NOW)
-    assert caught.value.code == "ACCOUNT_DISABLED" and "disabled" in caught.value.message
-    with pytest.raises(AuthError) as caught:
-        store.authenticate("alice", BOB_PW, now=NOW)
-    assert caught.value.code == "AUTH_FAILED"
+def test_every_account_has_a_stable_id_that_is_never_reused(store: UserStore) -> None:
+    bob = store.get("bob")
+    assert USER_ID.fullmatch(bob.id) and bob.id != store.get("alice").id
+    assert store.authenticate("bob", BOB_PW, now=NOW).id == bob.id
+    store.set_password("bob", "another long passphrase", now=NOW + 1)
+    assert store.get("BOB").id == bob.id
+    store.remove("bob")
+    again = store.add_user("bob", role="staff", groups=["sales"], password=BOB_PW, now=NOW + 2)
+    assert again.id != bob.id and USER_ID.fullmatch(again.id)
+
+
+def test_an_old_database_gets_ids_and_keeps_accounts_and_tokens(tmp_path: Path) -> None:
+    path = tmp_path / "users.db"
+    with sqlite3.connect(path) as db:  # a database as schema version 1 left it
+        db.executescript(_SCHEMA_1)
+        db.execute(
+            "INSERT INTO users (name, role, groups, password_hash, created_at,"
+            " password_changed_at) VALUES (?, 'staff', '[]', ?, ?, ?)",
+            ("dora", FAST.hash(ALICE_PW), NOW, NOW),
+        )
+        db.execute(
+            "INSERT INTO users (name, role, groups, password_hash, created_at,"
+            " password_changed_at) VALUES (?, 'admin', '[]', ?, ?, ?)",
+            ("ed", FAST.hash(BOB_PW), NOW, NOW),
+        )
+        db.execute("PRAGMA user_version = 1")
+    store = UserStore.open(path, scrypt=FAST)
+    token = store.issue_token("dora", now=NOW)
+    dora, ed = store.list_users()
+    assert USER_ID.fullmatch(dora.id) and USER_ID.fullmatch(ed.id) and dora.id != ed.id
+    assert store.authenticate("dora", ALICE_PW, now=NOW).id == dora.id
+    assert store.authenticate_token(token, now=NOW).id == dora.id
+    assert UserStore.open(path, scrypt=FAST).get("ed").id == ed.id  # assigned once
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        with pytest.raises(sqlite3.IntegrityError):  # ids are unique
+            db.execute("UPDATE users SET id = ? WHERE name = 'ed'", (dora.id,))
 
 
 def test_passwords_are_never_stored_in_plaintext(store: UserStore, tmp_path: Path) -> None:
@@ -182,8 +274,9 @@ def test_tokens_are_stored_hashed_and_can_be_revoked(store: UserStore, tmp_path:
     second = store.issue_token("bob", now=NOW)
     assert store.revoke_tokens("bob") == 2
     for revoked in (token, second):
-        with pytest.raises(AuthError, match="token is not valid"):
+        with pytest.raises(AuthError, match="token is not valid") as caught:
             store.authenticate_token(revoked, now=NOW)
+        assert caught.value.reason == "TOKEN_REVOKED"
 
 
 def test_bad_tokens_fail_alike(store: UserStore) -> None:
@@ -197,14 +290,19 @@ def test_bad_tokens_fail_alike(store: UserStore) -> None:
         token[5:] + "="
     )
     bad_tokens = ("", "kapp_", token[:-1], token + "A", "kapp_" + "é" * 43, token[5:])
+    failures = set()
     for bad in (*bad_tokens, variant, non_canonical):
-        with pytest.raises(AuthError, match="token is not valid"):
+        with pytest.raises(AuthError, match="token is not valid") as caught:
             store.authenticate_token(bad, now=NOW)
+        failures.add((caught.value.code, caught.value.diagnostics()))
     assert store.authenticate_token(token, now=NOW).name == "alice"
     store.disable("alice")
-    with pytest.raises(AuthError) as caught:
-        store.authenticate_token(token, now=NOW)
-    assert caught.value.code == "ACCOUNT_DISABLED"
+    with pytest.raises(AuthError) as caught:  # says nothing about the account behind it
+        store.authenticate_token(token, now=NOW + 5)
+    failures.add((caught.value.code, caught.value.diagnostics()))
+    assert len(failures) == 1 and "alice" not in caught.value.diagnostics()
+    assert caught.value.reason == "ACCOUNT_DISABLED"
+    assert store.list_tokens("alice")[0].last_used_at == NOW  # a refused use is not a use
     with pytest.raises(InvalidInput, match="disabled"):
         store.issue_token("alice", now=NOW)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,63 @@ def test_a_stale_keyring_cannot_overwrite_a_newer_one(ring: Keyring, ark: bytes)
         ring.rotate()  # would otherwise replace kek:2 with a different kek:2
     assert info.value.code == "KEYRING_STALE"
     assert Keyring.load(ring.path, ark).versions == [1, 2]
+
+
+def test_refresh_adopts_a_newer_keyring_and_refuses_an_older_one(
+    ring: Keyring, ark: bytes, tmp_path: Path
+) -> None:
+    """A server holds the keyring for days while the CLI changes it: after KEYRING_STALE it
+    re-reads the file (nothing the other process wrote is lost) and retries."""
+    server = Keyring.load(ring.path, ark)
+    old_copy = ring.path.read_bytes()
+    assert server.refresh() is False  # nothing new
+    KeyStore.create(tmp_path / "cli.json", ring, context="cli")  # the CLI registers a store
+    ring.rotate()
+    with pytest.raises(KeyringError) as info:
+        KeyStore.create(tmp_path / "server.json", server, context="server")
+    assert info.value.code == "KEYRING_STALE" and not (tmp_path / "server.json").exists()
+    assert server.refresh() is True
+    assert (server.current_version, server.generation) == (ring.current_version, ring.generation)
+    KeyStore.create(tmp_path / "server.json", server, context="server")
+    on_disk = Keyring.load(ring.path, ark)
+    assert set(on_disk.stores()) == {tmp_path / "cli.json", tmp_path / "server.json"}
+    assert KeyStore.load(tmp_path / "cli.json", server, context="cli")[1]  # new kek known too
+    ring.path.write_bytes(old_copy)  # someone restores an old keyring under the server
+    with pytest.raises(KeyringError) as info:
+        server.refresh()
+    assert info.value.code == "KEYRING_ROLLBACK" and server.generation == on_disk.generation
+    ring.path.write_bytes(old_copy.replace(b'\\"min\\"', b'\\"mix\\"'))  # MAC no longer fits
+    with pytest.raises(TamperedError):
+        server.refresh()
+
+
+def test_concurrent_writers_are_serialised_and_lose_nothing(
+    ring: Keyring, ark: bytes, tmp_path: Path
+) -> None:
+    """Two writers (threads here; processes hold the same flock) register stores at once, each
+    re-reading and retrying when refused as stale: every registration survives."""
+    errors: list[BaseException] = []
+
+    def writer(tag: str) -> None:
+        mine = Keyring.load(ring.path, ark)
+        try:
+            for i in range(20):
+                while True:
+                    mine.refresh()
+                    try:
+                        mine.register_store(tmp_path / f"{tag}-{i}.json")
+                        break
+                    except KeyringError as exc:
+                        assert exc.code == "KEYRING_STALE"
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(tag,)) for tag in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(Keyring.load(ring.path, ark).stores()) == 40
 
 
 def test_min_version_never_goes_down_nor_past_current(ring: Keyring) -> None:

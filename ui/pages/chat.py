@@ -58,7 +58,7 @@ def build(ctx: UiContext, L: Label) -> dict[str, Any]:
         turns_now = items
         for turns_now in ask_stream(ctx, request, text, items):
             yield render_conversation(turns_now, lang=lang), gr.update(), "", turns_now, conv, ""
-        conv = _save(ctx, ctx.user(request).name, conv, turns_now[-1])
+        conv = _save(ctx, ctx.user(request).id, conv, turns_now[-1])
         panel = sources_html(turns_now, request)
         yield render_conversation(turns_now, lang=lang), panel, "", turns_now, conv, ""
 
@@ -77,7 +77,7 @@ def build(ctx: UiContext, L: Label) -> dict[str, Any]:
             user, lang = ctx.user(request), ctx.lang(request)
             if not items or not items[-1].get("question_id"):
                 return ""
-            ctx.conversations.rate(user.name, items[-1]["question_id"], value, now=ctx.now())
+            ctx.conversations.rate(user.id, items[-1]["question_id"], value, now=ctx.now())
             from ..i18n import t
 
             return t(lang, "chat.thanks")
@@ -147,7 +147,7 @@ def reopen(ctx: UiContext, user: Any, conv: str) -> list[dict[str, Any]]:
     """A stored conversation as chat state; each passage is fetched again through
     :class:`appliance.access.Access`, so a source the user may no longer see stays hidden."""
     items = []
-    for turn in ctx.conversations.read(user.name, conv).turns:
+    for turn in ctx.conversations.read(user.id, conv).turns:
         sources = []
         for s in turn.sources:
             try:

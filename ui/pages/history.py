@@ -23,7 +23,7 @@ def build(ctx: UiContext, L: Label, chat: dict[str, Any]) -> None:
     @ctx.guarded
     def on_refresh(request: gr.Request) -> Any:
         user = ctx.user(request)
-        items = [(c.title, c.id) for c in ctx.conversations.history(user.name)]
+        items = [(c.title, c.id) for c in ctx.conversations.history(user.id)]
         return gr.update(choices=items, value=items[0][1] if items else None)
 
     @ctx.guarded
