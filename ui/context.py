@@ -24,6 +24,7 @@ from appliance.users import User
 from ingest.errors import IngestError
 from secure.errors import SecureError
 
+from .errors import error_message, request_lang
 from .i18n import pick_language
 
 log = logging.getLogger(__name__)
@@ -103,14 +104,15 @@ def _cookie(cookies: Any) -> str | None:
 
 
 def guarded(fn: F) -> F:
-    """Show appliance errors as a Gradio error message (no traceback to the browser)."""
+    """Show appliance errors as a Gradio error message (no traceback to the browser; see
+    `ui.errors` for what is shown)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except (ApplianceError, SecureError, IngestError) as exc:
-            raise gr.Error(exc.diagnostics() if hasattr(exc, "diagnostics") else str(exc)) from None
+            raise gr.Error(error_message(exc, request_lang(args, kwargs))) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -123,6 +125,6 @@ def guarded_stream(fn: F) -> F:
         try:
             yield from fn(*args, **kwargs)
         except (ApplianceError, SecureError, IngestError) as exc:
-            raise gr.Error(exc.diagnostics() if hasattr(exc, "diagnostics") else str(exc)) from None
+            raise gr.Error(error_message(exc, request_lang(args, kwargs))) from None
 
     return wrapper  # type: ignore[return-value]
