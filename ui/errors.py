@@ -23,13 +23,17 @@ log = logging.getLogger(__name__)
 
 def error_message(exc: BaseException, lang: str) -> str:
     """The escaped HTML message of ``exc`` for the browser."""
+    return html.escape(shown_text(exc, lang))
+
+
+def shown_text(exc: BaseException, lang: str) -> str:
+    """The plain text the browser may see of ``exc`` (the server log gets an internal error's
+    diagnostics)."""
     if is_user_facing(exc):
-        text = _diagnostics(exc)
-    else:
-        code = str(getattr(exc, "code", "") or type(exc).__name__)
-        log.error("web request failed [%s]: %s", code, _diagnostics(exc))
-        text = t(lang, "error.internal", code=code)
-    return html.escape(text)
+        return _diagnostics(exc)
+    code = str(getattr(exc, "code", "") or type(exc).__name__)
+    log.error("web request failed [%s]: %s", code, _diagnostics(exc))
+    return t(lang, "error.internal", code=code)
 
 
 def request_lang(args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
@@ -48,4 +52,4 @@ def _diagnostics(exc: BaseException) -> str:
     return str(diagnostics()) if callable(diagnostics) else str(exc)
 
 
-__all__ = ["error_message", "request_lang"]
+__all__ = ["error_message", "request_lang", "shown_text"]

@@ -340,7 +340,7 @@ def test_hostile_names_and_parser_messages_render_as_text(
 ) -> None:
     from tests.support.leaky import CANARY, canary_workbook
 
-    base, world, runtime = served
+    base, _, runtime = served
     drop = runtime.settings.drop_dir
     hostile = drop / "hr" / LINK_DIR / HOSTILE_DOC
     hostile.parent.mkdir(parents=True, exist_ok=True)

@@ -210,6 +210,11 @@ def test_errors_for_the_browser_and_the_api_hide_internal_messages() -> None:
     assert path not in json.dumps(body) and body["code"] == "CONFIG" and "hint" not in body
     kept = json.loads(to_response(mine).body)["error"]
     assert kept["message"] == mine.message and kept["hint"] == "Refresh the list."
+    from ui.routes import _error  # the source and download routes' JSON errors
+
+    answered = _error(internal)
+    assert answered.status_code == 500 and path not in bytes(answered.body).decode()
+    assert json.loads(_error(mine).body)["error"]["message"] == mine.message
 
 
 def cli_run(world: UiWorld, *args: str) -> str:
