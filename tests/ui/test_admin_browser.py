@@ -317,7 +317,8 @@ def test_admin_creates_staff_who_upload_ask_and_are_audited(
 
 # Issue 12, item 12: names that are Markdown or HTML, and parser errors that quote the document.
 LINK_DIR = "[Re-login](http:"  # hr/[Re-login](http:/evil.example) … : a Markdown link
-HOSTILE_DOC = "evil.example) <img src=x onerror=alert(1)> notes.md"
+# ... and template syntax (gr.HTML's html_template is a JS template and a Handlebars one)
+HOSTILE_DOC = "evil.example) <img src=x onerror=alert(1)> ${7*7} {{value}} notes.md"
 HOSTILE_UPLOAD = "<img src=x onerror=alert(1)> [Re-login](https:evil.example).txt"
 CANARY_BOOK = "[Re-login](https:evil.example) pay.xlsx"
 HOSTILE_JS = """(sel) => {
