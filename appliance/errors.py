@@ -99,3 +99,29 @@ class Cancelled(ApplianceError):
     """The client went away or the time limit passed while answering."""
 
     code = "CANCELLED"
+
+
+#: Errors whose message is written for the person who made the request (what they sent, what
+#: they may do). Any other error (configuration, stores, keys, models, ingestion) may name
+#: server paths or quote stored data, so the web UI and the API answer it with its code and
+#: :data:`INTERNAL_MESSAGE`, and its diagnostics go to the server log for the administrator.
+USER_FACING: tuple[type[ApplianceError], ...] = (
+    AuthError,
+    Forbidden,
+    NotFound,
+    InvalidInput,
+    UsageError,
+    AlreadyExists,
+    ModelUnavailable,
+    Overloaded,
+    Cancelled,
+)
+INTERNAL_MESSAGE = (
+    "The appliance could not complete the request ({code}). An administrator finds the "
+    "details in the server log."
+)
+
+
+def is_user_facing(exc: BaseException) -> bool:
+    """True when ``exc``'s own message may be shown to a web or API caller."""
+    return isinstance(exc, USER_FACING)

@@ -15,7 +15,8 @@ from ingest.chunk import ChunkParams
 from ingest.embed import Embedder
 from ingest.parse import ParseLimits
 from ingest.pipeline import IngestOptions, Pipeline
-from ingest.registry import Registry
+from ingest.reasons import open_detail
+from ingest.registry import Document, Registry
 from ingest.sparse import TermHasher
 from ingest.store import ChunkStore
 from secure.home import UnlockedHome
@@ -123,6 +124,20 @@ class Knowledge:
             vault=self.vault if i.mode == "inbox" else None,
             options=options,
             events=events,
+        )
+
+    def failure_detail(self, doc: Document, *, actor: str, now: int) -> str:
+        """The sealed detail of ``doc``'s last failure (the parser's own message, which can
+        quote the document or name a path), for an administrator; audited before it opens."""
+        self.home.record(
+            "document.details",
+            actor=actor,
+            now=now,
+            object=doc.doc_id,
+            details={"group": doc.group, "code": doc.error_code},
+        )
+        return open_detail(
+            self.cipher, source=doc.source, rel_path=doc.rel_path, sealed=doc.error_detail
         )
 
     @cached_property

@@ -10,7 +10,9 @@ Ingestion runs in this process: one background thread runs ``Knowledge.pipeline(
 whenever an upload arrives (a lock keeps passes one at a time). Do not point a separate
 ``appliance ingest --watch`` at the same home while the server runs; its passes would compete
 for the same files. Each upload moves ``queued → parsing → indexed | failed`` (with the reason
-from the pipeline, the same text as ``drop/_failed/<file>.reason.txt``).
+code from the pipeline and its generic message, as in ``drop/_failed/<file>.reason.txt``; never
+an exception's own text, which can quote the document or name a server path: see
+`ingest.reasons`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from ingest.drop import is_ignored, valid_group
+from ingest.reasons import INTERNAL, reason_message
 
 from .errors import Forbidden, InvalidInput, NotFound
 from .users import User
@@ -68,7 +71,8 @@ class Upload:
     rel_path: str
     saved_at: float
     state: str = "queued"  # queued | parsing | indexed | failed
-    reason: str = ""
+    code: str = ""  # why it failed: a code of `ingest.reasons`
+    reason: str = ""  # the code's generic message
     doc_id: str | None = None
 
 
@@ -217,33 +221,34 @@ class Uploads:
             try:
                 pipeline = self.knowledge.pipeline(events=self.events)
                 report = pipeline.run_once(progress=self._progress)
-            except Exception as exc:  # the whole pass failed: say so on every upload in it
-                self._finish_rest(taken, f"Ingestion failed: {type(exc).__name__}: {exc}")
+            except Exception:  # the whole pass failed: say so on every upload in it
+                # (generically: the exception can name server paths; _loop logs it)
+                self._finish_rest(taken, INTERNAL)
                 raise
             seen = {f.rel_path for f in report.files}
-            self._finish_rest(
-                {p: i for p, i in taken.items() if p not in seen},
-                "The file was not picked up (it may have been moved or replaced).",
-            )
+            self._finish_rest({p: i for p, i in taken.items() if p not in seen}, "not-picked-up")
 
     def _progress(self, result: Any) -> None:
         state = "failed" if result.outcome == "failed" else "indexed"
         if result.outcome not in ("indexed", "unchanged", "failed"):
             return
-        reason = f"{result.code}: {result.reason}" if result.outcome == "failed" else ""
+        code = result.code if result.outcome == "failed" else ""
+        reason = reason_message(code) if code else ""
         with self._mutex:
             for key, item in self._items.items():
                 if item.rel_path == result.rel_path and item.state == "parsing":
                     self._items[key] = replace(
-                        item, state=state, reason=reason, doc_id=result.doc_id
+                        item, state=state, code=code, reason=reason, doc_id=result.doc_id
                     )
 
-    def _finish_rest(self, taken: dict[str, str], reason: str) -> None:
+    def _finish_rest(self, taken: dict[str, str], code: str) -> None:
         with self._mutex:
             for upload_id in taken.values():
                 item = self._items[upload_id]
                 if item.state == "parsing":
-                    self._items[upload_id] = replace(item, state="failed", reason=reason)
+                    self._items[upload_id] = replace(
+                        item, state="failed", code=code, reason=reason_message(code)
+                    )
 
 
 def _copy_limited(source: Path | IO[bytes], target: Path, limit: int) -> None:

@@ -20,10 +20,11 @@ class IngestError(Exception):
 
 
 class Rejected(IngestError):
-    """A file that cannot be ingested; it is quarantined with ``code`` and the message as reason.
+    """A file that cannot be ingested; it is quarantined with ``code`` (a code of the fixed
+    table in `ingest.reasons`, whose generic message is what users and plaintext stores get).
 
-    Codes: ``password-protected``, ``corrupt``, ``empty``, ``oversized``, ``unsupported``,
-    ``timeout``, ``no-text`` (e.g. a scan without OCR available), ``parse-error``.
+    The message may say exactly what is wrong, quoting the file or naming its path: the pipeline
+    keeps it only as the sealed detail of the failure.
     """
 
     code = "rejected"

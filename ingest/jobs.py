@@ -46,12 +46,15 @@ class FileResult:
     outcome: Outcome
     doc_id: str | None = None
     group: str = ""
-    code: str = ""
-    reason: str = ""
+    code: str = ""  # a code of `ingest.reasons` (failed files)
+    reason: str = ""  # its generic message: what is stored in clear and shown
     pages: int = 0
     chunks: int = 0
     stages: dict[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    # The failure's own message (may quote the document or name a path): sealed in the
+    # registry, never written in clear or shown (see `ingest.reasons`).
+    detail: str = field(default="", repr=False)
 
 
 @dataclass

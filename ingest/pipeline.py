@@ -32,6 +32,7 @@ import logging
 import os
 import secrets
 import time
+import traceback
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
@@ -46,6 +47,7 @@ from .errors import IngestError, Rejected
 from .isolate import parse_and_chunk_isolated, parse_isolated
 from .jobs import EmbedderLike, Events, FileResult, IngestOptions, JobReport, Prepared
 from .prechunk import ChunkedDocument, ChunkSpec, chunk_and_count, keyed_term_freqs
+from .reasons import INTERNAL, known_code, reason_message, seal_detail
 from .records import build_records
 from .registry import Registry, Unfinished
 from .scratch import private_scratch
@@ -54,6 +56,7 @@ from .stages import ParseAhead, Prefetch, resolved
 from .store import ChunkStore
 
 log = logging.getLogger(__name__)
+MAX_DETAIL_CHARS = 16_000  # a failure's sealed detail (a traceback at most)
 
 
 class Pipeline:
@@ -229,24 +232,29 @@ class Pipeline:
         *,
         quarantine_file: bool = True,
     ) -> FileResult:
-        """Finish one file; any error becomes a quarantine with its reason (the batch goes on)."""
+        """Finish one file; any error becomes a quarantine with its reason (the batch goes on).
+
+        The log names the file and the kind of failure only: an exception's text can quote the
+        document, so it goes into the sealed detail (`ingest.reasons`), traceback included."""
         try:
             step = future.result()
             if isinstance(step, FileResult):
                 return self._record_failure(candidate, step, digest, quarantine_file)
             return self._write(candidate, step, digest)
-        except Rejected as exc:
-            return self._record_failure(
-                candidate, self._reject(candidate, exc), digest, quarantine_file
+        except IngestError as exc:  # Rejected, a missing tool, Milvus refusing the write...
+            if not isinstance(exc, Rejected):
+                log.error("ingesting %s failed [%s]", candidate.rel_path, exc.code)
+            failure = self._reject(candidate, exc)
+        except Exception as exc:  # noqa: BLE001 - one bad file never stops the batch
+            log.error(
+                "ingesting %s failed [%s: %s]; `appliance docs show` with --details has it",
+                candidate.rel_path,
+                INTERNAL,
+                type(exc).__name__,
             )
-        except Exception as exc:  # one bad file never stops the batch
-            log.exception("ingesting %s failed", candidate.rel_path)
-            failure = Rejected(
-                f"Indexing failed: {type(exc).__name__}: {str(exc)[:300]}", code="index-error"
-            )
-            return self._record_failure(
-                candidate, self._reject(candidate, failure), digest, quarantine_file
-            )
+            failure = self._reject(candidate, IngestError("Indexing failed.", code=INTERNAL))
+            failure.detail = "".join(traceback.format_exception(exc))
+        return self._record_failure(candidate, failure, digest, quarantine_file)
 
     def _prepare(self, step: Prepared) -> Prepared:
         t0 = time.perf_counter()
@@ -314,9 +322,18 @@ class Pipeline:
         )
 
     # ----- failures ---------------------------------------------------------------------------
-    def _reject(self, candidate: Candidate, exc: Rejected) -> FileResult:
+    def _reject(self, candidate: Candidate, exc: IngestError) -> FileResult:
+        """A failed result: a code of the fixed table and its generic message; the error's own
+        message is only the (to be sealed) detail."""
+        code = known_code(exc.code)
         return FileResult(
-            candidate.rel_path, "failed", None, candidate.group, code=exc.code, reason=exc.message
+            candidate.rel_path,
+            "failed",
+            None,
+            candidate.group,
+            code=code,
+            reason=reason_message(code),
+            detail=f"[{exc.code}] {exc.diagnostics()}",
         )
 
     def _record_failure(
@@ -331,6 +348,12 @@ class Pipeline:
             content_hmac=digest,
             size=candidate.size,
             fmt=candidate.path.suffix.lower(),
+            detail=seal_detail(
+                self.cipher,
+                source=self.source,
+                rel_path=candidate.rel_path,
+                detail=result.detail[-MAX_DETAIL_CHARS:],
+            ),
         )
         if move and self.source == "inbox" and candidate.path.exists():
             quarantine(self.drop, candidate, code=result.code, reason=result.reason)

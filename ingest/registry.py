@@ -9,6 +9,9 @@ and moves the BM25 statistics. :meth:`Registry.unfinished` lists what a crash le
 
 File names and groups are stored in clear (admins list them); content hashes are keyed HMACs so
 the registry cannot confirm a guessed document; document titles are stored encrypted by the caller.
+A failure is stored as a reason code and its generic message (`ingest.reasons`); the parser's own
+message, which can quote the document or name a server path, only sealed by the caller
+(``error_detail``).
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import IngestError
+from .reasons import reason_message
+from .registry_upgrade import upgrade
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: error_detail (sealed); error holds the generic message only
 STATUSES = ("indexing", "indexed", "failed", "deleted")
 
 _SCHEMA = """
@@ -45,7 +50,8 @@ CREATE TABLE IF NOT EXISTS documents (
     title_enc TEXT NOT NULL DEFAULT '',
     vault_id TEXT NOT NULL DEFAULT '',
     error_code TEXT NOT NULL DEFAULT '',
-    error TEXT NOT NULL DEFAULT '',
+    error TEXT NOT NULL DEFAULT '',    -- the generic message of error_code (ingest.reasons)
+    error_detail TEXT NOT NULL DEFAULT '',  -- the failure's own message, sealed by the caller
     warnings TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
@@ -94,6 +100,7 @@ class Document:
     vault_id: str
     error_code: str
     error: str
+    error_detail: str
     warnings: str
     created_at: float
     updated_at: float
@@ -116,6 +123,7 @@ class Document:
             vault_id=row["vault_id"],
             error_code=row["error_code"],
             error=row["error"],
+            error_detail=row["error_detail"],
             warnings=row["warnings"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
@@ -158,13 +166,13 @@ class Registry:
         self._sync = "FULL" if durable else "OFF"  # OFF only for scratch registries (eval)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
+            found = upgrade(db, SCHEMA_VERSION)
             db.executescript(_SCHEMA)
-            found = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if found is None:
                 db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif int(found[0]) != SCHEMA_VERSION:
+            elif found != SCHEMA_VERSION:
                 raise IngestError(
-                    f"The document registry {self.path} has schema {found[0]}; this version "
+                    f"The document registry {self.path} has schema {found}; this version "
                     f"expects {SCHEMA_VERSION}.",
                     code="registry-schema",
                     hint="Upgrade the appliance or restore the matching version.",
@@ -313,7 +321,7 @@ class Registry:
             db.execute(
                 "UPDATE documents SET status='indexed', current_version=?, content_hmac=?, "
                 "size=?, format=?, pages=?, chunks=?, title_enc=?, vault_id=?, error_code='', "
-                "error='', warnings=?, updated_at=? WHERE doc_id=?",
+                "error='', error_detail='', warnings=?, updated_at=? WHERE doc_id=?",
                 (
                     version,
                     version_row["content_hmac"],
@@ -341,9 +349,13 @@ class Registry:
         content_hmac: str | None,
         size: int,
         fmt: str,
+        detail: str = "",
         now: float | None = None,
     ) -> str:
-        """Record a quarantined file (the current indexed version, if any, stays current)."""
+        """Record a quarantined file (the current indexed version, if any, stays current).
+
+        ``reason`` is the code's generic message; ``detail`` the failure's own message, sealed.
+        """
         now = now or time.time()
         with self._tx() as db:
             row = db.execute(
@@ -363,14 +375,15 @@ class Registry:
                     now=now,
                     code=code,
                     reason=reason,
+                    detail=detail,
                 )
             doc_id = row["doc_id"]
             status = "indexed" if row["status"] == "indexed" else "failed"
             db.execute(
-                "UPDATE documents SET status=?, error_code=?, error=?, updated_at=?, "
-                "content_hmac=CASE WHEN ?='failed' THEN ? ELSE content_hmac END "
+                "UPDATE documents SET status=?, error_code=?, error=?, error_detail=?, "
+                "updated_at=?, content_hmac=CASE WHEN ?='failed' THEN ? ELSE content_hmac END "
                 "WHERE doc_id=?",
-                (status, code, reason, now, status, content_hmac, doc_id),
+                (status, code, reason, detail, now, status, content_hmac, doc_id),
             )
         return doc_id
 
@@ -424,10 +437,9 @@ class Registry:
                 (item.doc_id, item.version),
             )
             db.execute(
-                "UPDATE documents SET status='failed', error_code='interrupted', "
-                "error='indexing was interrupted; it will be retried' "
-                "WHERE doc_id=? AND status='indexing' AND current_version=0",
-                (item.doc_id,),
+                "UPDATE documents SET status='failed', error_code='interrupted', error=?, "
+                "error_detail='' WHERE doc_id=? AND status='indexing' AND current_version=0",
+                (reason_message("interrupted"), item.doc_id),
             )
 
     def current_versions(self, doc_ids: Iterable[str] | None = None) -> dict[str, int]:
@@ -538,13 +550,28 @@ def _insert_document(
     now: float,
     code: str = "",
     reason: str = "",
+    detail: str = "",
 ) -> str:
     doc_id = "doc-" + uuid.uuid4().hex[:20]
     db.execute(
         "INSERT INTO documents (doc_id, source, rel_path, group_name, status, content_hmac, "
-        "size, format, error_code, error, created_at, updated_at) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-        (doc_id, source, rel_path, group, status, content_hmac, size, fmt, code, reason, now, now),
+        "size, format, error_code, error, error_detail, created_at, updated_at) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            doc_id,
+            source,
+            rel_path,
+            group,
+            status,
+            content_hmac,
+            size,
+            fmt,
+            code,
+            reason,
+            detail,
+            now,
+            now,
+        ),
     )
     return doc_id
 

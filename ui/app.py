@@ -63,7 +63,7 @@ def build_blocks(ctx: UiContext, labels: gr.I18n) -> gr.Blocks:
     with gr.Blocks(title=TABLES["en"]["app.title"], analytics_enabled=False) as blocks:
         with gr.Row():
             header = gr.HTML(elem_id="header")
-            mode = gr.Markdown(elem_id="mode")
+            mode = gr.HTML(elem_id="mode")
         with gr.Tabs():
             with gr.Tab(L("tab.chat"), id="chat"):
                 parts = chat.build(ctx, L)

@@ -26,6 +26,7 @@ from appliance.users import User
 from ingest.errors import IngestError
 from secure.errors import SecureError
 
+from .errors import error_message, request_lang
 from .i18n import pick_language
 
 log = logging.getLogger(__name__)
@@ -107,8 +108,8 @@ class UiContext:
         )
 
     def guarded(self, fn: F) -> F:
-        """Show appliance errors as a Gradio error message (no traceback to the browser), and
-        audit every refusal (:meth:`refused`)."""
+        """Show appliance errors as a Gradio error message (no traceback to the browser; see
+        `ui.errors` for what is shown), and audit every refusal (:meth:`refused`)."""
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -116,7 +117,7 @@ class UiContext:
                 return fn(*args, **kwargs)
             except _SHOWN as exc:
                 self.refused(fn.__name__, _request_of(args, kwargs), exc)
-                raise gr.Error(_shown(exc)) from None
+                raise gr.Error(error_message(exc, request_lang(args, kwargs))) from None
 
         return wrapper  # type: ignore[return-value]
 
@@ -129,7 +130,7 @@ class UiContext:
                 yield from fn(*args, **kwargs)
             except _SHOWN as exc:
                 self.refused(fn.__name__, _request_of(args, kwargs), exc)
-                raise gr.Error(_shown(exc)) from None
+                raise gr.Error(error_message(exc, request_lang(args, kwargs))) from None
 
         return wrapper  # type: ignore[return-value]
 
@@ -173,7 +174,3 @@ def _request_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if isinstance(value, gr.Request):
             return value
     return None
-
-
-def _shown(exc: Exception) -> str:
-    return exc.diagnostics() if hasattr(exc, "diagnostics") else str(exc)

@@ -2,7 +2,10 @@
 
 No Gradio, no I/O, no clock: every function takes plain values (sources as dicts with the keys
 of ``Source.to_dict()``) and returns escaped HTML or table rows, so it is tested on its own.
-Everything that came from a document or a user is escaped; the only markup is our own.
+Everything that came from a document or a user is escaped; the only markup is our own. Nothing
+here returns Markdown: a file name such as ``[Re-login](https:evil.example).docx`` would become a
+link there, so every value that a document, a file name, a user or the audit log supplies goes
+into HTML (a ``gr.HTML``) through ``html.escape``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import html
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
+
+from ingest.reasons import known_code
 
 from .i18n import t
 
@@ -214,11 +219,20 @@ def when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def reason_text(lang: str, code: str) -> str:
+    """``[code] generic message`` of an ingestion failure, translated ("" without a code)."""
+    if not code:
+        return ""
+    return f"[{code}] {t(lang, f'reason.{known_code(code)}')}"
+
+
 def upload_rows(uploads: Iterable[Any], lang: str) -> list[list[str]]:
-    return [[u.name, u.group, t(lang, f"state.{u.state}"), u.reason or ""] for u in uploads]
+    return [
+        [u.name, u.group, t(lang, f"state.{u.state}"), reason_text(lang, u.code)] for u in uploads
+    ]
 
 
-def document_rows(docs: Iterable[Any]) -> list[list[Any]]:
+def document_rows(docs: Iterable[Any], lang: str) -> list[list[Any]]:
     return [
         [
             d.doc_id,
@@ -227,7 +241,7 @@ def document_rows(docs: Iterable[Any]) -> list[list[Any]]:
             d.status,
             d.pages,
             d.chunks,
-            f"[{d.error_code}] {d.error}" if d.error_code else "",
+            reason_text(lang, d.error_code),
             when(d.updated_at),
         ]
         for d in docs
@@ -272,28 +286,37 @@ def audit_rows(entries: Iterable[Any]) -> list[list[Any]]:
     return rows
 
 
-def status_markdown(status: Mapping[str, Any]) -> str:
-    """A nested status mapping as an indented Markdown list (values escaped)."""
-    lines: list[str] = []
+def status_html(status: Mapping[str, Any]) -> str:
+    """A nested status mapping as nested HTML lists (keys and values escaped)."""
 
-    def walk(value: Any, depth: int) -> None:
-        pad = "  " * depth
+    def items(value: Any) -> str:
+        out = []
         if isinstance(value, Mapping):
             for key, item in value.items():
+                name = html.escape(str(key))
                 if isinstance(item, Mapping | list):
-                    lines.append(f"{pad}- **{html.escape(str(key))}**")
-                    walk(item, depth + 1)
+                    out.append(f"<li><b>{name}</b>{items(item)}</li>")
                 else:
-                    lines.append(f"{pad}- {html.escape(str(key))}: {html.escape(str(item))}")
+                    out.append(f"<li>{name}: {html.escape(str(item))}</li>")
         elif isinstance(value, list):
             for item in value:
-                if isinstance(item, Mapping | list):
-                    walk(item, depth)
-                else:
-                    lines.append(f"{pad}- {html.escape(str(item))}")
+                nested = isinstance(item, Mapping | list)
+                text = items(item) if nested else html.escape(str(item))
+                out.append(f"<li>{text}</li>")
+        return f"<ul>{''.join(out)}</ul>" if out else ""
 
-    walk(status, 0)
-    return "\n".join(lines)
+    return f'<div class="kapp-status">{items(status)}</div>'
+
+
+def message_html(text: str, *, kind: str = "result") -> str:
+    """One line of text (a result, a verdict) as escaped HTML."""
+    return f'<p class="kapp-{html.escape(kind)}">{html.escape(text)}</p>'
+
+
+def detail_html(text: str) -> str:
+    """A failure's detail (the parser's own words, maybe quoting the document) as escaped,
+    preformatted text."""
+    return f'<pre class="kapp-detail">{html.escape(text)}</pre>'
 
 
 LANGUAGE_NAMES = (("en", "English"), ("zh", "中文"))

@@ -6,6 +6,8 @@ cookie the language switch sets; anything else is English.
 
 from __future__ import annotations
 
+from ingest.reasons import REASONS
+
 EN: dict[str, str] = {
     "app.title": "Knowledge appliance",
     "login.title": "Log in",
@@ -109,6 +111,12 @@ EN: dict[str, str] = {
     "col.outcome": "outcome",
     "yes": "yes",
     "no": "no",
+    "admin.details": "Show failure details",
+    "admin.no_details": "No details were kept for this document.",
+    "error.internal": "The appliance could not complete the request ({code}). An administrator "
+    "finds the details in the server log.",
+    # Why a file was not indexed (`ingest.reasons`, whose English text this is).
+    **{f"reason.{code}": message for code, message in REASONS.items()},
 }
 
 ZH: dict[str, str] = {
@@ -214,6 +222,30 @@ ZH: dict[str, str] = {
     "col.outcome": "结果",
     "yes": "是",
     "no": "否",
+    "admin.details": "显示失败详情",
+    "admin.no_details": "该文档没有保存详细信息。",
+    "error.internal": "一体机无法完成该请求（{code}）。管理员可以在服务器日志中查看详细信息。",
+    "reason.password-protected": "文件受密码保护。请保存一份不带密码的副本后重新添加。",
+    "reason.corrupt": "文件已损坏或不完整，无法读取。请重新保存或导出后添加新副本。",
+    "reason.empty": "文件中没有可索引的文字（文件为空，或只有图片或空白工作表）。请检查文件；"
+    "扫描件需要 OCR。",
+    "reason.no-text": "该文件是没有文字层的扫描件或图片，且 OCR 不可用。请添加带文字的副本，"
+    "或请管理员安装 OCR（tesseract-ocr）。",
+    "reason.oversized": "文件太大，无法索引（超过文件大小或解析内存限制）。请拆分文件，"
+    "或请管理员调高 ingest.max_file_mb。",
+    "reason.unsupported": "不支持此文件类型。请转换为 PDF、Word、Excel、PowerPoint、HTML、"
+    "电子邮件或纯文本后重新添加。",
+    "reason.timeout": "读取文件超过了时间限制。请拆分文件，或请管理员调高 ingest.timeout_s。",
+    "reason.no-group": "文件不在有效的组文件夹中。请将其移到 drop/<group>/（名称由小写字母、"
+    "数字、'.'、'_' 或 '-' 组成）。",
+    "reason.parse-error": "解析器无法读取该文件。请重新保存或导出；如果仍然失败，管理员可以用 "
+    "`appliance docs show <id> --details` 查看详细信息。",
+    "reason.dependency-missing": "读取此类文件所需的工具未安装。请联系管理员：`appliance "
+    "status` 列出已安装的工具，`appliance docs show <id> --details` 显示详细信息。",
+    "reason.index-error": "由于内部错误，索引失败；管理员可以用 `appliance docs show <id> "
+    "--details` 查看详细信息并报告。",
+    "reason.interrupted": "索引被中断（一体机已停止）；下次处理时会重试该文件。",
+    "reason.not-picked-up": "处理时未找到该文件（已被移动或替换）。请重新上传。",
 }
 
 TABLES = {"en": EN, "zh": ZH}

@@ -14,12 +14,13 @@ from urllib.parse import quote
 from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from appliance.errors import ApplianceError, AuthError, Forbidden
+from appliance.errors import ApplianceError, AuthError, Forbidden, is_user_facing
 from appliance.login_guard import DEVICE_COOKIE, device_token
 from appliance.sessions import COOKIE_NAME
 from appliance.users import User
 
 from .context import UiContext
+from .errors import shown_text
 from .i18n import TABLES, pick_language, t
 
 HTML_PAGES = ("/", "/index.html")
@@ -170,8 +171,11 @@ def _error(exc: ApplianceError) -> JSONResponse:
     status = 401 if isinstance(exc, AuthError) else 403 if isinstance(exc, Forbidden) else 400
     if exc.code == "NOT_FOUND":
         status = 404
+    message = exc.message
+    if not is_user_facing(exc):  # e.g. the session store naming its path: logged, not shown
+        status, message = 500, shown_text(exc, "en")
     return JSONResponse(
-        {"error": {"message": exc.message, "code": exc.code}},
+        {"error": {"message": message, "code": exc.code}},
         status_code=status,
         headers={"Cache-Control": "no-store"},
     )

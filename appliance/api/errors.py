@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import Request
@@ -12,6 +13,7 @@ from ingest.errors import IngestError
 from secure.errors import SecureError
 
 from ..errors import (
+    INTERNAL_MESSAGE,
     ApplianceError,
     AuthError,
     Cancelled,
@@ -21,7 +23,10 @@ from ..errors import (
     NotFound,
     Overloaded,
     UsageError,
+    is_user_facing,
 )
+
+log = logging.getLogger(__name__)
 
 STATUS: list[tuple[type[Exception], int, str]] = [
     (AuthError, 401, "authentication_error"),
@@ -53,9 +58,12 @@ def to_response(exc: ApplianceError | SecureError | IngestError) -> JSONResponse
     if reason:
         extra["reason"] = reason
     hint = getattr(exc, "hint", "")
+    message = getattr(exc, "message", str(exc))
+    if not is_user_facing(exc):  # may name server paths or quote stored data: logged only
+        log.error("request failed [%s]: %s %s", exc.code, message, hint)
+        message, hint = INTERNAL_MESSAGE.format(code=exc.code), ""
     if hint:
         extra["hint"] = hint
-    message = getattr(exc, "message", str(exc))
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     headers = {"Retry-After": "5"} if status == 429 else headers
     body = error_body(message, type_=type_, code=exc.code, **extra)

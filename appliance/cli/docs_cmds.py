@@ -126,7 +126,8 @@ def ingest(ctx: CliContext, mode: str, as_json: bool) -> None:
 
 def _line(f: Any) -> str:
     if f.outcome == "failed":
-        return f"quarantined {f.rel_path} [{f.code}]: {f.reason}"
+        more = f" (details: appliance docs show {f.doc_id} --details)" if f.doc_id else ""
+        return f"quarantined {f.rel_path} [{f.code}]: {f.reason}{more}"
     if f.outcome == "indexed":
         extra = f" ({'; '.join(f.warnings)})" if f.warnings else ""
         return f"indexed {f.rel_path}: {f.pages} pages, {f.chunks} chunks{extra}"
@@ -206,8 +207,14 @@ def _document(kb: Any, doc_id: str) -> Any:
 
 @docs.command("show")
 @click.argument("doc_id")
+@click.option(
+    "--details",
+    is_flag=True,
+    help="Also decrypt why the last ingestion failed in the parser's own words (may quote the "
+    "document or name server paths; audited as document.details).",
+)
 @pass_ctx
-def docs_show(ctx: CliContext, doc_id: str) -> None:
+def docs_show(ctx: CliContext, doc_id: str, details: bool) -> None:
     """One document's record (JSON)."""
     _, kb = knowledge(ctx)
     doc = _document(kb, doc_id)
@@ -216,6 +223,8 @@ def docs_show(ctx: CliContext, doc_id: str) -> None:
         info["title"] = kb.cipher.open(f"title:{doc.doc_id}:{doc.version}", doc.title_enc).decode(
             "utf-8"
         )
+    if details:
+        info["error_detail"] = kb.failure_detail(doc, actor=ctx.actor(), now=ctx.now())
     emit_json(info)
 
 

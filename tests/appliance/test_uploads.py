@@ -96,9 +96,9 @@ def test_broken_file_fails_with_reason(world: UiWorld, uploads: Uploads) -> None
         hana, filename="broken.docx", source=io.BytesIO(b"PK\x03\x04 not a zip"), group="hr"
     )
     done = uploads.wait(hana, item.id, timeout=90)
-    assert done.state == "failed" and done.reason
+    assert (done.state, done.code) == ("failed", "corrupt") and done.reason
     note = world.settings.drop_dir / "_failed" / "hr" / "broken.docx.reason.txt"
-    assert note.read_text(encoding="utf-8").split(":")[0] == done.reason.split(":")[0]
+    assert note.read_text(encoding="utf-8") == f"{done.code}: {done.reason}\n"
 
 
 def test_groups_size_and_empty_files(world: UiWorld, uploads: Uploads, tmp_path: Path) -> None:

@@ -5,6 +5,11 @@ cited answer from their own group, and finds nothing of the other group; the adm
 through every admin page (documents filtered by group and status, re-index, delete; ingestion
 failures with their reason; models and policies; system status), sees both users' actions in
 the audit log, verifies it, and switches the interface to Chinese. Screenshots go to tmp_path.
+
+Security review issue 12 (item 12): files whose names are Markdown links or HTML images, and a
+workbook whose parser error quotes a cell, show in every admin pane and the upload table as plain
+text: no link to evil.example anywhere on the page, no image from a name, no dialog, no canary
+(except in the detail an admin asks for).
 """
 
 from __future__ import annotations
@@ -308,3 +313,85 @@ def test_admin_creates_staff_who_upload_ask_and_are_audited(
     assert "当前用户" in admin.inner_text("#whoami")
     admin.screenshot(path=str(tmp_path / "admin-7-chinese.png"))
     assert len(list(tmp_path.glob("*.png"))) == 13
+
+
+# Issue 12, item 12: names that are Markdown or HTML, and parser errors that quote the document.
+LINK_DIR = "[Re-login](http:"  # hr/[Re-login](http:/evil.example) … : a Markdown link
+# ... and template syntax (gr.HTML's html_template is a JS template and a Handlebars one)
+HOSTILE_DOC = "evil.example) <img src=x onerror=alert(1)> ${7*7} {{value}} notes.md"
+HOSTILE_UPLOAD = "<img src=x onerror=alert(1)> [Re-login](https:evil.example).txt"
+CANARY_BOOK = "[Re-login](https:evil.example) pay.xlsx"
+HOSTILE_JS = """(sel) => {
+  const evil = Array.from(document.querySelectorAll('a')).filter(a => a.href.includes('evil'));
+  const imgs = Array.from(document.querySelectorAll(sel + ' img'));
+  return evil.length + imgs.length;
+}"""
+
+
+def no_hostile_markup(page: Any, selector: str, dialogs: list[str]) -> str:
+    """The text of ``selector``; fails on a link to evil.example anywhere on the page, an image
+    inside ``selector`` or a dialog a name opened."""
+    assert page.evaluate(HOSTILE_JS, selector) == 0, page.inner_html(selector)
+    assert dialogs == []
+    return str(page.inner_text(selector))
+
+
+def test_hostile_names_and_parser_messages_render_as_text(
+    served: Any, browser: Any, tmp_path: Path
+) -> None:
+    from tests.support.leaky import CANARY, canary_workbook
+
+    base, _, runtime = served
+    drop = runtime.settings.drop_dir
+    hostile = drop / "hr" / LINK_DIR / HOSTILE_DOC
+    hostile.parent.mkdir(parents=True, exist_ok=True)
+    hostile.write_text("# Notes\n\nThe hostile-name notes cap taxis at 40 euros.\n")
+    canary_workbook(drop / "hr" / CANARY_BOOK)
+    runtime.uploads.run_pass()
+    rel = f"hr/{LINK_DIR}/{HOSTILE_DOC}"
+    indexed = runtime.knowledge.registry.find("inbox", rel)
+    book = runtime.knowledge.registry.find("inbox", f"hr/{CANARY_BOOK}")
+    assert indexed is not None and indexed.status == "indexed"
+    assert book is not None and book.error_code == "parse-error"
+
+    admin = login(browser, base, "admin", PASSWORD)
+    dialogs: list[str] = []
+    admin.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    tab(admin, "Admin")
+    tab(admin, "Documents")
+    type_in(admin, "docs-group", "hr")
+    admin.click("#docs-refresh")
+    wait_text(admin, "#docs-table", "evil.example")
+    text = no_hostile_markup(admin, "#docs-table", dialogs)
+    assert rel in text and f"hr/{CANARY_BOOK}" in text and CANARY not in text
+    type_in(admin, "docs-id", indexed.doc_id)
+    admin.click("#docs-reindex")
+    wait_text(admin, "#docs-result", "indexed")
+    assert f"indexed {rel}" in no_hostile_markup(admin, "#docs-result", dialogs)
+    type_in(admin, "docs-id", book.doc_id)
+    admin.click("#docs-details")
+    wait_text(admin, "#docs-result", CANARY)  # the admin reads the detail on demand
+    assert "[parse-error]" in no_hostile_markup(admin, "#docs-result", dialogs)
+    admin.screenshot(path=str(tmp_path / "hostile-1-documents.png"))
+
+    tab(admin, "Ingestion failures")
+    admin.click("#failures-refresh")
+    wait_text(admin, "#failures-table", CANARY_BOOK)
+    text = no_hostile_markup(admin, "#failures-table", dialogs)
+    assert "[parse-error] The file could not be read by its parser." in text
+    assert CANARY not in text and str(runtime.settings.home) not in text
+
+    tab(admin, "Upload")
+    admin.wait_for_function("() => document.querySelector('#upload-group input')?.value")
+    pick(admin, "upload-group", "hr")
+    source = tmp_path / HOSTILE_UPLOAD
+    source.write_bytes(b"\x00\x01\x02 binary, not text \x00" * 8)
+    admin.set_input_files("#upload-files input[type=file]", str(source))
+    admin.locator("#upload-files").get_by_text("evil.example", exact=False).first.wait_for()
+    admin.click("#upload-submit")
+    wait_text(admin, "#uploads", "failed")
+    text = no_hostile_markup(admin, "#uploads", dialogs)
+    # Gradio drops '<', '>' and ':' from uploaded names; what is left still shows as text.
+    assert "img src=x onerror=alert(1) [Re-login](" in text
+    assert "[corrupt] The file is damaged" in text
+    admin.screenshot(path=str(tmp_path / "hostile-2-upload.png"))

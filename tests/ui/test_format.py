@@ -18,7 +18,7 @@ from ui.format import (
     render_answer,
     render_conversation,
     render_sources,
-    status_markdown,
+    status_html,
     upload_rows,
 )
 from ui.i18n import EN, TABLES, ZH, pick_language, t
@@ -118,16 +118,17 @@ def test_conversation_shows_pending_answer_and_mode() -> None:
 
 
 def test_tables_escape_cells_and_translate_states() -> None:
-    upload = SimpleNamespace(name="a<b>.docx", group="hr", state="failed", reason="x: bad")
+    upload = SimpleNamespace(name="a<b>.docx", group="hr", state="failed", code="corrupt")
     rows = upload_rows([upload], "zh")
-    assert rows == [["a<b>.docx", "hr", "失败", "x: bad"]]
+    assert rows == [["a<b>.docx", "hr", "失败", f"[corrupt] {ZH['reason.corrupt']}"]]
     out = html_table(["file"], rows, table_id="u")
     assert "a&lt;b&gt;.docx" in out and 'id="u"' in out and out.count("<tr") == 2
 
 
-def test_status_markdown_and_login_page_escape() -> None:
-    md = status_markdown({"overall": {"ok": True, "problems": ["<x>"]}})
-    assert "- **overall**" in md and "&lt;x&gt;" in md
+def test_status_html_and_login_page_escape() -> None:
+    out = status_html({"overall": {"ok": True, "problems": ["<x>", {"code": "[a](b)"}]}})
+    assert "<li><b>overall</b><ul><li>ok: True</li>" in out and "<li>&lt;x&gt;</li>" in out
+    assert "<li>code: [a](b)</li>" in out
     page = login_page("zh", error="<bad>")
     assert "&lt;bad&gt;" in page and 'action="/login"' in page and "用户名" in page
 

@@ -1,7 +1,9 @@
 """Admin tabs: documents, ingestion failures, models and policies, audit log, system status.
 
 Every handler checks the admin role from the session (:meth:`UiContext.admin`), whatever the
-browser shows; the services are the ones the CLI calls (`docs delete/reindex`, `audit verify`).
+browser shows; the services are the ones the CLI calls (`docs delete/reindex`, `audit verify`,
+`docs show --details`). Results go into ``gr.HTML`` as escaped text, never into ``gr.Markdown``
+(a file name can be Markdown: ``[Re-login](https:evil.example).docx``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,16 @@ from secure.audit import verify_log
 from secure.keys import LABEL_AUDIT_MAC
 
 from ..context import UiContext
-from ..format import audit_rows, document_rows, html_table, model_rows, status_markdown
+from ..format import (
+    audit_rows,
+    detail_html,
+    document_rows,
+    html_table,
+    message_html,
+    model_rows,
+    reason_text,
+    status_html,
+)
 from ..i18n import t
 
 Label = Callable[[str], Any]
@@ -41,7 +52,7 @@ def documents_html(
     docs = ctx.runtime.knowledge.registry.documents(
         group=group.strip().lower() or None, status=status or None
     )
-    return html_table(_heads(lang, _DOC_COLS), document_rows(docs), table_id=table_id)
+    return html_table(_heads(lang, _DOC_COLS), document_rows(docs, lang), table_id=table_id)
 
 
 def build_documents(ctx: UiContext, L: Label) -> None:
@@ -56,7 +67,8 @@ def build_documents(ctx: UiContext, L: Label) -> None:
         doc_id = gr.Textbox(label=L("admin.doc_id"), elem_id="docs-id")
         delete = gr.Button(L("admin.delete"), variant="stop", elem_id="docs-delete")
         reindex = gr.Button(L("admin.reindex"), elem_id="docs-reindex")
-    result = gr.Markdown(elem_id="docs-result")
+        details = gr.Button(L("admin.details"), elem_id="docs-details")
+    result = gr.HTML(elem_id="docs-result")
 
     @ctx.guarded
     def show(g: str, s: str, request: gr.Request) -> str:
@@ -67,11 +79,7 @@ def build_documents(ctx: UiContext, L: Label) -> None:
     def on_delete(target: str, g: str, s: str, request: gr.Request) -> tuple[str, str]:
         user, lang = ctx.admin(request), ctx.lang(request)
         kb = ctx.runtime.knowledge
-        # Admins manage every group's documents without being able to read them, so this is
-        # the registry's record (as `appliance docs delete`), not Access.document_for.
-        doc = kb.registry.get(target.strip())
-        if doc is None:
-            raise NotFound(f"No document {target.strip()}.", hint="Refresh the list.")
+        doc = registry_document(ctx, target)
         ctx.runtime.app.secure.record(
             "document.delete",
             actor=f"user:{user.name}",
@@ -81,21 +89,52 @@ def build_documents(ctx: UiContext, L: Label) -> None:
         )
         with ctx.uploads.lock:
             kb.pipeline().delete_document(doc.doc_id)
-        return t(lang, "admin.done"), documents_html(ctx, lang, g or "", s or "")
+        done = message_html(t(lang, "admin.done"))
+        return done, documents_html(ctx, lang, g or "", s or "")
 
     @ctx.guarded
     def on_reindex(target: str, g: str, s: str, request: gr.Request) -> tuple[str, str]:
         user, lang = ctx.admin(request), ctx.lang(request)
         kb = ctx.runtime.knowledge
+        doc = registry_document(ctx, target)
+        if doc.status != "indexed":
+            raise NotFound(f"{doc.doc_id} is not indexed.", hint="Only indexed documents.")
         events = AuditEvents(ctx.runtime.app.secure, actor=f"user:{user.name}")
         with ctx.uploads.lock:
-            result = kb.pipeline(events=events).reindex(target.strip())
-        text = f"{result.outcome} {result.rel_path} {result.reason}".strip()
-        return text, documents_html(ctx, lang, g or "", s or "")
+            result = kb.pipeline(events=events).reindex(doc.doc_id)
+        text = f"{result.outcome} {result.rel_path} {reason_text(lang, result.code)}".strip()
+        return message_html(text), documents_html(ctx, lang, g or "", s or "")
+
+    @ctx.guarded
+    def on_details(target: str, request: gr.Request) -> str:
+        user, lang = ctx.admin(request), ctx.lang(request)
+        return failure_details_html(ctx, lang, target, actor=f"user:{user.name}")
 
     refresh.click(show, [group, status], [table])
     delete.click(on_delete, [doc_id, group, status], [result, table])
     reindex.click(on_reindex, [doc_id, group, status], [result, table])
+    details.click(on_details, [doc_id], [result])
+
+
+def registry_document(ctx: UiContext, target: str) -> Any:
+    """The registry's record of a document (NotFound if none). Admins manage every group's
+    documents without being able to read them, so this is the registry's record (as the
+    `appliance docs` commands use), not Access.document_for."""
+    doc = ctx.runtime.knowledge.registry.get(target.strip())
+    if doc is None:
+        raise NotFound(f"No document {target.strip()}.", hint="Refresh the list.")
+    return doc
+
+
+def failure_details_html(ctx: UiContext, lang: str, target: str, *, actor: str) -> str:
+    """Why the document's last ingestion failed, in the parser's own words (decrypted on
+    demand and audited as ``document.details``, like `appliance docs show ID --details`)."""
+    doc = registry_document(ctx, target)
+    head = f"{doc.rel_path} {reason_text(lang, doc.error_code)}".strip()
+    if not doc.error_detail:
+        return message_html(f"{head} – {t(lang, 'admin.no_details')}")
+    detail = ctx.runtime.knowledge.failure_detail(doc, actor=actor, now=ctx.now())
+    return message_html(head) + detail_html(detail)
 
 
 def build_failures(ctx: UiContext, L: Label) -> None:
@@ -140,7 +179,7 @@ def build_audit(ctx: UiContext, L: Label) -> None:
         needle = gr.Textbox(label=L("admin.audit_filter"), elem_id="audit-filter")
         refresh = gr.Button(L("admin.refresh"), elem_id="audit-refresh")
         verify = gr.Button(L("admin.verify"), elem_id="audit-verify")
-    verdict = gr.Markdown(elem_id="audit-verdict")
+    verdict = gr.HTML(elem_id="audit-verdict")
     table = gr.HTML(elem_id="audit-table")
 
     @ctx.guarded
@@ -153,7 +192,7 @@ def build_audit(ctx: UiContext, L: Label) -> None:
     @ctx.guarded
     def on_verify(request: gr.Request) -> str:
         ctx.admin(request)
-        return verify_text(ctx, ctx.lang(request))
+        return message_html(verify_text(ctx, ctx.lang(request)), kind="verdict")
 
     refresh.click(show, [needle], [table])
     needle.submit(show, [needle], [table])
@@ -195,12 +234,12 @@ def verify_text(ctx: UiContext, lang: str) -> str:
 
 def build_status(ctx: UiContext, L: Label) -> None:
     refresh = gr.Button(L("admin.refresh"), elem_id="status-refresh")
-    body = gr.Markdown(elem_id="status-body")
+    body = gr.HTML(elem_id="status-body")
 
     @ctx.guarded
     def show(request: gr.Request) -> str:
         ctx.admin(request)
-        return status_markdown(collect(ctx))
+        return status_html(collect(ctx))
 
     refresh.click(show, None, [body])
 

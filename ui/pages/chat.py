@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -181,5 +182,6 @@ def mode_for(ctx: UiContext, user: Any) -> tuple[str, str | None]:
 
 
 def mode_text(ctx: UiContext, user: Any, lang: str) -> str:
+    """The mode badge as escaped HTML (a model's name is not Markdown)."""
     mode, model = mode_for(ctx, user)
-    return f"**{mode_label(mode, model, lang)}**"
+    return f"<b>{html.escape(mode_label(mode, model, lang))}</b>"
