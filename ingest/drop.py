@@ -80,17 +80,18 @@ def survey(drop: Path) -> Iterator[Candidate | Link]:
     are walked through descriptors and a link is never descended into."""
     if not drop.is_dir():
         return
-    for dirpath, dirnames, filenames, dirfd in os.fwalk(drop):
+    root = drop.resolve()  # the configured folder itself may be a link (the operator's choice)
+    for dirpath, dirnames, filenames, dirfd in os.fwalk(root):
         here = Path(dirpath)
         keep = []
         for name in sorted(dirnames + filenames):
-            if here == drop and name == FAILED_DIR:
+            if here == root and name == FAILED_DIR:
                 continue
             try:
                 info = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            rel = (here / name).relative_to(drop).as_posix()
+            rel = (here / name).relative_to(root).as_posix()
             if stat.S_ISDIR(info.st_mode):
                 if not name.startswith("."):
                     keep.append(name)
@@ -101,7 +102,7 @@ def survey(drop: Path) -> Iterator[Candidate | Link]:
             elif stat.S_ISREG(info.st_mode):
                 identity = (info.st_dev, info.st_ino)
                 group = group_of(rel) or ""
-                yield Candidate(here / name, rel, group, info.st_size, info.st_mtime, identity)
+                yield Candidate(drop / rel, rel, group, info.st_size, info.st_mtime, identity)
         dirnames[:] = keep
 
 

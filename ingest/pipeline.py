@@ -373,20 +373,7 @@ class Pipeline:
     def _record_failure(
         self, candidate: Candidate, result: FileResult, digest: str | None, move: bool = True
     ) -> FileResult:
-        result.doc_id = self._fail(candidate, result, digest)
-        if move and self.source == "inbox" and result.code != LinkRefused.code:
-            try:
-                quarantine(self.drop, candidate, code=result.code, reason=result.reason)
-            except LinkRefused as exc:  # left in place (and not tried again while unchanged)
-                result.code = exc.code
-                result.reason = f"{result.reason} Not moved to {FAILED_DIR}: {exc.message}"
-                self._fail(candidate, result, digest)
-            except (Changed, FileNotFoundError):
-                pass  # replaced or gone meanwhile: the next pass sees what is there now
-        return result
-
-    def _fail(self, candidate: Candidate, result: FileResult, digest: str | None) -> str:
-        return self.registry.fail(
+        result.doc_id = self.registry.fail(
             source=self.source,
             rel_path=candidate.rel_path,
             group=candidate.group,
@@ -396,6 +383,21 @@ class Pipeline:
             size=candidate.size,
             fmt=candidate.path.suffix.lower(),
         )
+        if move and self.source == "inbox" and result.code != LinkRefused.code:
+            self._quarantine(candidate, result, digest)
+        return result
+
+    def _quarantine(self, candidate: Candidate, result: FileResult, digest: str | None) -> None:
+        """Move a failed inbox file to `_failed`. If a link is in the way it stays where it
+        is, recorded again as ``symlink`` (and not tried again while it is unchanged)."""
+        try:
+            quarantine(self.drop, candidate, code=result.code, reason=result.reason)
+        except LinkRefused as exc:
+            result.code = exc.code
+            result.reason = f"{result.reason} Not moved to {FAILED_DIR}: {exc.message}"
+            self._record_failure(candidate, result, digest, move=False)
+        except (Changed, FileNotFoundError):
+            pass  # replaced or gone meanwhile: the next pass sees what is there now
 
     # ----- deletions, recovery ----------------------------------------------------------------
     def _sync_deletions(self, present: set[str]) -> Iterable[FileResult]:

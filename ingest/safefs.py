@@ -137,23 +137,16 @@ def open_below(root: Path, rel_path: str) -> OpenedFile:
     try:
         fd = os.open(parts[-1], _FILE, dir_fd=dirfd)
     except OSError:
-        os.close(dirfd)
-        _raise_if_link_name(root, parts, rel_path)
+        try:
+            _raise_if_link(dirfd, parts[-1], rel_path)
+        finally:
+            os.close(dirfd)
         raise
     opened = OpenedFile(fd, dirfd, parts[-1], rel_path, os.fstat(fd))
     if not stat.S_ISREG(opened.info.st_mode):
         opened.close()
         raise Rejected(f"{rel_path} is not a regular file.", code="unsupported")
     return opened
-
-
-def _raise_if_link_name(root: Path, parts: list[str], shown: str) -> None:
-    with contextlib.suppress(OSError):
-        dirfd = open_dir(root, parts[:-1])
-        try:
-            _raise_if_link(dirfd, parts[-1], shown)
-        finally:
-            os.close(dirfd)
 
 
 def move_at(src_dirfd: int, src_name: str, dst_dirfd: int, dst_name: str) -> None:

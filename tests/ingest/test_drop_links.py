@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ingest.drop import Candidate, Link, survey
 from ingest.elements import Element, ParsedDocument
 from ingest.embed import Embedder
 from ingest.errors import LinkRefused
@@ -231,3 +232,25 @@ def test_safefs_refuses_a_link_at_every_level(tmp_path: Path) -> None:
     assert not (root / "g" / "note.txt").is_symlink()
     assert (root / "g" / "note.txt").read_bytes() == b"reason\n"
     assert (outside / "sub" / "f.txt").read_text() == CANARY
+
+
+def test_the_scan_reports_links_and_takes_a_configured_drop_folder_that_is_one(
+    tmp_path: Path,
+) -> None:
+    """The operator may point `ingest.drop_dir` at a link (e.g. to a mounted share); links
+    *inside* it are reported, not followed."""
+    share = tmp_path / "share"
+    put(share, "finance/a.txt", HARMLESS)
+    (share / "finance" / "b.txt").symlink_to(share / "finance" / "a.txt")
+    (share / "hr").symlink_to(share / "finance", target_is_directory=True)
+    (tmp_path / "drop").symlink_to(share, target_is_directory=True)
+    found = list(survey(tmp_path / "drop"))
+    assert [(type(e).__name__, e.rel_path) for e in found] == [
+        ("Link", "hr"),  # a folder's own entries first, then its sub-folders'
+        ("Candidate", "finance/a.txt"),
+        ("Link", "finance/b.txt"),
+    ]
+    assert found[0] == Link("hr", "")
+    candidate = found[1]
+    assert isinstance(candidate, Candidate) and candidate.root == tmp_path / "drop"
+    assert candidate.path == tmp_path / "drop" / "finance" / "a.txt"
