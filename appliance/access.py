@@ -5,20 +5,30 @@ id belongs to a current document of one of the user's groups (plus ``public``). 
 :class:`Forbidden` whatever the cause (unknown id, another group, a replaced version, downloads
 turned off), so ids of other groups cannot be probed, and every refusal is audited as
 ``access.denied`` with the precise reason. Successful downloads are audited too.
+
+In mirror mode the original is read from the drop folder, which others can write to: it is
+opened without following a link at any level (`ingest.safefs`), below the document's own group
+folder, and served only if it is still the indexed content (size and keyed hash as registered).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import mimetypes
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
+from ingest.drop import group_of
+from ingest.errors import LinkRefused, Rejected
 from ingest.registry import Document
+from ingest.safefs import open_below
 from ingest.schema import open_passage
+from secure.keys import LABEL_CONTENT_HMAC
 
 from .errors import Forbidden
 from .users import User
@@ -121,16 +131,27 @@ class Access:
 
     def _original_bytes(self, user: User, doc: Document) -> bytes:
         if doc.source == "mirror":
-            drop = self.settings.drop_dir.resolve()
-            path = (drop / doc.rel_path).resolve()
-            if not path.is_relative_to(drop) or Path(drop / doc.rel_path).is_symlink():
-                raise self._deny(user, "document.download", doc.doc_id, "OUTSIDE_DROP")
-            if not path.is_file():
-                raise self._deny(user, "document.download", doc.doc_id, "NO_ORIGINAL")
-            return path.read_bytes()
+            return self._mirror_bytes(user, doc)
         if not doc.vault_id:
             raise self._deny(user, "document.download", doc.doc_id, "NO_ORIGINAL")
         return self.knowledge.vault.open_bytes(doc.vault_id)
+
+    def _mirror_bytes(self, user: User, doc: Document) -> bytes:
+        """The live file, if it is still the indexed one inside the document's group folder."""
+        if group_of(doc.rel_path) != doc.group:
+            raise self._deny(user, "document.download", doc.doc_id, "OUTSIDE_GROUP")
+        try:
+            with open_below(self.settings.drop_dir, doc.rel_path) as opened:
+                data = opened.read_all()
+        except LinkRefused:
+            raise self._deny(user, "document.download", doc.doc_id, "SYMLINK") from None
+        except (OSError, ValueError, Rejected):
+            raise self._deny(user, "document.download", doc.doc_id, "NO_ORIGINAL") from None
+        key = self.home.derive(LABEL_CONTENT_HMAC)
+        digest = hmac.new(key, data, hashlib.sha256).hexdigest()
+        if len(data) != doc.size or not hmac.compare_digest(digest, doc.content_hmac or ""):
+            raise self._deny(user, "document.download", doc.doc_id, "CHANGED")
+        return data
 
     def _check(self, user: User, doc: Document | None, shown: str, action: str) -> Document:
         if doc is None:

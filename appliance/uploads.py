@@ -4,7 +4,9 @@ A staff user may upload into their own groups only (admins into any valid group)
 is reduced to a safe base name (no path, no hidden or lock files, no control characters) and the
 size is checked against ``ingest.max_file_mb`` before anything is written. The bytes go to a
 hidden temp name in ``drop/<group>/`` (never picked up by a scan) and are renamed into place, so
-ingestion only ever sees complete files.
+ingestion only ever sees complete files. The group folder is opened without following a link
+(`ingest.safefs`) and every write is made relative to it: a group folder replaced by a link
+(into another group's folder, or the home) refuses the upload, audited.
 
 Ingestion runs in this process: one background thread runs ``Knowledge.pipeline().run_once()``
 whenever an upload arrives (a lock keeps passes one at a time). Do not point a separate
@@ -17,6 +19,7 @@ an exception's own text, which can quote the document or name a server path: see
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -29,7 +32,9 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from ingest.drop import is_ignored, valid_group
+from ingest.errors import LinkRefused
 from ingest.reasons import INTERNAL, reason_message
+from ingest.safefs import open_dir
 
 from .errors import Forbidden, InvalidInput, NotFound
 from .users import User
@@ -118,7 +123,11 @@ class Uploads:
         groups = set(user.groups)
         drop = self.settings.drop_dir
         if user.is_admin and drop.is_dir():
-            groups.update(p.name for p in drop.iterdir() if p.is_dir() and valid_group(p.name))
+            groups.update(
+                p.name
+                for p in drop.iterdir()
+                if p.is_dir() and not p.is_symlink() and valid_group(p.name)
+            )
         return sorted(groups)
 
     def save(self, user: User, *, filename: str, source: Path | IO[bytes], group: str) -> Upload:
@@ -131,17 +140,17 @@ class Uploads:
             )
         name = safe_filename(filename)
         limit = self.settings.ingest.max_file_mb * 2**20
-        folder = self.settings.drop_dir / group
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = folder / f".upload-{secrets.token_hex(8)}"
+        folder = self._group_folder(user, group)
+        tmp = f".upload-{secrets.token_hex(8)}"
         try:
-            _copy_limited(source, tmp, limit)
-            # A complete file: date it past the settle time so the next pass takes it now.
+            # A complete file, dated past the settle time so the next pass takes it now.
             settled = self.clock() - self.settings.ingest.settle_s - 1
-            os.utime(tmp, (settled, settled))
-            os.replace(tmp, folder / name)
+            size = _copy_limited(source, folder, tmp, limit, mtime=settled)
+            os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
         finally:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=folder)
+            os.close(folder)
         now = self.clock()
         item = Upload(secrets.token_hex(8), user.name, group, name, f"{group}/{name}", now)
         with self._mutex:
@@ -155,12 +164,34 @@ class Uploads:
             # follows, so an auditor can tie the indexed document to the user who uploaded it
             details={
                 "group": group,
-                "bytes": (folder / name).stat().st_size,
+                "bytes": size,
                 "name": self.knowledge.home.audit.protect(item.rel_path),
             },
         )
         self._kick()
         return item
+
+    def _group_folder(self, user: User, group: str) -> int:
+        """A descriptor of ``drop/<group>`` (created 0700 if missing); Forbidden, audited, when
+        it is a link."""
+        drop = self.settings.drop_dir
+        drop.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            return open_dir(drop, [group], create=True, mode=0o700)
+        except LinkRefused:
+            self.knowledge.home.record(
+                "access.denied",
+                actor=f"user:{user.name}",
+                now=int(self.clock()),
+                object=group,
+                outcome="refused",
+                reason="SYMLINK",
+                details={"request": "document.upload"},
+            )
+            raise Forbidden(
+                f"The folder of the group {group!r} cannot take uploads.",
+                hint="Ask an administrator: drop/<group> must be a folder, not a link.",
+            ) from None
 
     def status(self, user: User, upload_id: str | None = None) -> list[Upload]:
         """The user's own uploads (newest first), or one of them; NotFound for others'."""
@@ -251,21 +282,27 @@ class Uploads:
                     )
 
 
-def _copy_limited(source: Path | IO[bytes], target: Path, limit: int) -> None:
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def _copy_limited(
+    source: Path | IO[bytes], folder: int, name: str, limit: int, *, mtime: float
+) -> int:
+    """Copy into a new file ``name`` of the opened ``folder``; returns the bytes written."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(name, flags, 0o600, dir_fd=folder)
     with os.fdopen(fd, "wb") as out:
         if isinstance(source, Path):
             if source.stat().st_size > limit:
                 raise _too_big(limit)
             with source.open("rb") as src:
-                _pump(src, out, limit)
+                written = _pump(src, out, limit)
         else:
-            _pump(source, out, limit)
+            written = _pump(source, out, limit)
         out.flush()
+        os.utime(out.fileno(), (mtime, mtime))
         os.fsync(out.fileno())
+    return written
 
 
-def _pump(src: IO[bytes], out: IO[bytes], limit: int) -> None:
+def _pump(src: IO[bytes], out: IO[bytes], limit: int) -> int:
     written = 0
     while block := src.read(1 << 20):
         written += len(block)
@@ -274,6 +311,7 @@ def _pump(src: IO[bytes], out: IO[bytes], limit: int) -> None:
         out.write(block)
     if written == 0:
         raise InvalidInput("The file is empty.", hint="Upload a file with content.")
+    return written
 
 
 def _too_big(limit: int) -> InvalidInput:

@@ -40,3 +40,24 @@ class SchemaMismatch(IngestError):
     """The Milvus collection was written by another embedding model or dimension."""
 
     code = "schema-mismatch"
+
+
+class LinkRefused(Rejected):
+    """A symbolic link in the drop folder (a file, a folder, or a folder on the way to one):
+    never followed, never moved into or written through (see `ingest.safefs`)."""
+
+    code = "symlink"
+
+    def __init__(self, rel_path: str) -> None:
+        super().__init__(
+            f"{rel_path} is a symbolic link; links in the drop folder are never followed.",
+            hint="Replace the link by the file or folder itself.",
+        )
+        self.rel_path = rel_path
+
+
+class Changed(IngestError):
+    """The file was replaced or changed between the scan and its reading; nothing was
+    recorded, and the next pass takes it again."""
+
+    code = "changed"

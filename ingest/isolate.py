@@ -13,6 +13,11 @@ seconds of imports per file, and forking the (threaded) caller itself would be u
 :func:`parse_and_chunk_isolated` also chunks the document in the child (``ingest.prechunk``),
 so that the caller's process is left with embedding; the chunking gets a time limit of its own
 (the parse limit again, counted from the end of the parse).
+
+A file from the drop folder is handed over *open* (an :class:`ingest.safefs.OpenedFile`): the
+descriptor travels to the child, which parses ``scratch/source/<name>``, a link to
+``/proc/<child>/fd/<n>``: that path reaches the opened file itself (for the child's libraries
+and for the converters it starts), whatever the name in the drop folder points to by then.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from ingest.parse_tools import (
     tesseract_path,
 )
 from ingest.prechunk import ChunkedDocument, ChunkSpec, chunk_and_count
+from ingest.safefs import OpenedFile
 from ingest.scratch import private_scratch
 
 Parser = Callable[..., ParsedDocument]
@@ -55,7 +61,7 @@ STARTUP_TIMEOUT_S = 300.0  # a cold forkserver imports the parser stacks once (s
 
 
 def parse_isolated(
-    path: Path, *, limits: ParseLimits, parser: Parser = parse_file
+    path: Path | OpenedFile, *, limits: ParseLimits, parser: Parser = parse_file
 ) -> ParsedDocument:
     """Run ``parser(path, limits=limits)`` in a child process; raises :class:`Rejected`.
 
@@ -68,7 +74,11 @@ def parse_isolated(
 
 
 def parse_and_chunk_isolated(
-    path: Path, *, limits: ParseLimits, chunking: ChunkSpec, parser: Parser = parse_file
+    path: Path | OpenedFile,
+    *,
+    limits: ParseLimits,
+    chunking: ChunkSpec,
+    parser: Parser = parse_file,
 ) -> ChunkedDocument:
     """As :func:`parse_isolated`, then chunk and count BM25 terms in the same child, so that
     only the chunks come back (exactly what `ingest.prechunk.chunk_and_count` gives)."""
@@ -76,13 +86,16 @@ def parse_and_chunk_isolated(
     return chunked
 
 
-def _run(path: Path, limits: ParseLimits, parser: Parser, chunking: ChunkSpec | None) -> Any:
+def _run(
+    path: Path | OpenedFile, limits: ParseLimits, parser: Parser, chunking: ChunkSpec | None
+) -> Any:
     context = _context()
     scratch = private_scratch("ingest-child-")  # 0700, on /dev/shm when available
     receiver, sender = context.Pipe(duplex=False)
+    source = _PassedFile(path.fd, path.name) if isinstance(path, OpenedFile) else str(path)
     process = context.Process(
         target=_child_main,
-        args=(sender, parser, str(path), limits, str(scratch), chunking),
+        args=(sender, parser, source, limits, str(scratch), chunking),
         daemon=True,
     )
     phase = "parse"
@@ -100,6 +113,36 @@ def _run(path: Path, limits: ParseLimits, parser: Parser, chunking: ChunkSpec | 
         receiver.close()
         shutil.rmtree(scratch, ignore_errors=True)
     return _unpack(outcome, process.exitcode, limits, phase)
+
+
+class _PassedFile:
+    """An open file for the child: pickled while the child starts, its descriptor is sent
+    along (``multiprocessing.reduction.DupFd``) and arrives as (descriptor, name)."""
+
+    def __init__(self, fd: int, name: str) -> None:
+        self.fd, self.name = fd, name
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from multiprocessing.reduction import DupFd
+
+        return (_received, (DupFd(self.fd), self.name))
+
+
+def _received(dup: Any, name: str) -> tuple[int, str]:
+    return dup.detach(), name
+
+
+def _source_path(source: str | tuple[int, str], scratch: str) -> Path:
+    """The path the parser opens: the given path, or for a passed file a link (named like the
+    original, for its suffix and title) to this process's descriptor of it."""
+    if isinstance(source, str):
+        return Path(source)
+    fd, name = source
+    folder = Path(scratch) / "source"
+    folder.mkdir(mode=0o700)
+    link = folder / name
+    link.symlink_to(f"/proc/{os.getpid()}/fd/{fd}")
+    return link
 
 
 def _context() -> Any:
@@ -165,7 +208,7 @@ def _death_message(exitcode: int | None, limits: ParseLimits) -> str:
 def _child_main(
     sender: Connection,
     parser: Parser,
-    path: str,
+    source: str | tuple[int, str],
     limits: ParseLimits,
     scratch: str,
     chunking: ChunkSpec | None = None,
@@ -182,7 +225,9 @@ def _child_main(
     tempfile.tempdir = scratch
     os.environ["TMPDIR"] = scratch  # for LibreOffice, Tesseract and pandoc too
     sender.send(("started",))
-    message = _guarded(lambda: parser(Path(path), limits=limits), limits, "Parsing")
+    message = _guarded(
+        lambda: parser(_source_path(source, scratch), limits=limits), limits, "Parsing"
+    )
     if chunking is not None and message[0] == "ok":
         sender.send(("parsed",))
         document: ParsedDocument = message[1]

@@ -29,7 +29,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
 import time
 import traceback
@@ -41,16 +40,27 @@ from pathlib import Path
 from secure.records import RecordCipher
 from secure.vault import DocumentVault
 
-from .drop import FAILED_DIR, Candidate, is_settled, quarantine, scan, valid_group
+from .drop import (
+    FAILED_DIR,
+    Candidate,
+    Link,
+    is_settled,
+    keyed_digest,
+    open_candidate,
+    quarantine,
+    survey,
+    valid_group,
+)
 from .elements import ParsedDocument
-from .errors import IngestError, Rejected
+from .errors import Changed, IngestError, LinkRefused, Rejected
 from .isolate import parse_and_chunk_isolated, parse_isolated
 from .jobs import EmbedderLike, Events, FileResult, IngestOptions, JobReport, Prepared
 from .prechunk import ChunkedDocument, ChunkSpec, chunk_and_count, keyed_term_freqs
 from .reasons import INTERNAL, known_code, reason_message, seal_detail
 from .records import build_records
-from .registry import Registry, Unfinished
-from .scratch import private_scratch
+from .registry import Document, Registry, Unfinished
+from .safefs import open_below
+from .scratch import scratch_copy
 from .sparse import TermHasher
 from .stages import ParseAhead, Prefetch, resolved
 from .store import ChunkStore
@@ -95,10 +105,12 @@ class Pipeline:
         started = self.clock()
         self.recover()
         job = JobReport(self.registry.start_job(f"ingest-{self.source}"))
-        ready, present = self._ready(settle)
+        ready, present, links = self._ready(settle)
         if self.source == "mirror":
             for result in self._sync_deletions(present):
                 self._finish(job, result, progress)
+        for result in self._links(links):
+            self._finish(job, result, progress)
         todo: list[tuple[Candidate, str]] = []
         for candidate in ready:
             planned = self._plan(candidate)
@@ -144,13 +156,30 @@ class Pipeline:
         if progress is not None:
             progress(result)
 
-    def _ready(self, settle: bool) -> tuple[list[Candidate], set[str]]:
+    def _ready(self, settle: bool) -> tuple[list[Candidate], set[str], list[Link]]:
         now = self.clock()
-        found = list(scan(self.drop))
-        present = {c.rel_path for c in found}
-        if not settle:
-            return found, present
-        return [c for c in found if is_settled(c, now=now, settle_s=self.options.settle_s)], present
+        entries = list(survey(self.drop))
+        found = [c for c in entries if isinstance(c, Candidate)]
+        links = [c for c in entries if isinstance(c, Link)]
+        present = {c.rel_path for c in entries}
+        if settle:
+            found = [c for c in found if is_settled(c, now=now, settle_s=self.options.settle_s)]
+        return found, present, links
+
+    def _links(self, links: list[Link]) -> Iterable[FileResult]:
+        """Report each link once (registry failure ``symlink``, audited); never follow it.
+        Mirror mode: a document whose file became a link is deleted from the index."""
+        for link in links:
+            existing = self.registry.find(self.source, link.rel_path)
+            if existing is not None and existing.error_code == LinkRefused.code:
+                yield FileResult(link.rel_path, "unchanged", existing.doc_id, link.group)
+                continue
+            if self.source == "mirror" and existing is not None and existing.status == "indexed":
+                self.delete_document(existing.doc_id)
+                yield FileResult(link.rel_path, "deleted", existing.doc_id, link.group)
+            candidate = Candidate(self.drop / link.rel_path, link.rel_path, link.group, 0, 0.0)
+            failure = self._reject(candidate, LinkRefused(link.rel_path))
+            yield self._record_failure(candidate, failure, None)
 
     # ----- one file ---------------------------------------------------------------------------
     def _parse_item(self, item: tuple[Candidate, str]) -> Prepared | FileResult:
@@ -170,13 +199,14 @@ class Pipeline:
             return self._reject(candidate, Rejected(_group_problem(candidate), code="no-group"))
         t0 = time.perf_counter()
         try:
-            if self._chunk_spec is None:
-                parsed = parse_isolated(candidate.path, limits=self.options.limits)
-                chunked = self._chunk_here(parsed)
-            else:
-                chunked = parse_and_chunk_isolated(
-                    candidate.path, limits=self.options.limits, chunking=self._chunk_spec
-                )
+            with open_candidate(candidate) as source:  # the child parses this open file
+                if self._chunk_spec is None:
+                    parsed = parse_isolated(source, limits=self.options.limits)
+                    chunked = self._chunk_here(parsed)
+                else:
+                    chunked = parse_and_chunk_isolated(
+                        source, limits=self.options.limits, chunking=self._chunk_spec
+                    )
             t1 = time.perf_counter()
             prepared = self._keyed(chunked, {"parse_s": t1 - t0 - chunked.chunk_s})
         except Rejected as exc:
@@ -216,13 +246,26 @@ class Pipeline:
             and existing.status in ("indexed", "failed")
         ):
             return FileResult(candidate.rel_path, "unchanged", existing.doc_id, candidate.group)
-        digest = self.content_hmac(candidate.path)
+        try:
+            with open_candidate(candidate) as opened:
+                digest = keyed_digest(self.content_key, opened)
+                if existing is None or not self._done(existing, digest):
+                    return digest
+                if self.source == "inbox" and existing.status == "indexed":
+                    opened.unlink_if_same()  # already in the vault
+        except (Changed, FileNotFoundError) as exc:
+            return _skipped(candidate, exc)
+        except Rejected as exc:
+            return self._record_failure(candidate, self._reject(candidate, exc), None)
+        return FileResult(candidate.rel_path, "unchanged", existing.doc_id, candidate.group)
+
+    def _done(self, existing: Document, digest: str) -> bool:
+        """Already indexed (or, mirror mode, failed) with this content. Inbox mode tries a
+        failed file again, unless it was left in place because its quarantine folder is a
+        link."""
         done = ("indexed", "failed") if self.source == "mirror" else ("indexed",)
-        if existing is not None and existing.content_hmac == digest and existing.status in done:
-            if self.source == "inbox":
-                candidate.path.unlink(missing_ok=True)  # already in the vault
-            return FileResult(candidate.rel_path, "unchanged", existing.doc_id, candidate.group)
-        return digest
+        same = existing.content_hmac == digest
+        return same and (existing.status in done or existing.error_code == LinkRefused.code)
 
     def _process(
         self,
@@ -241,6 +284,8 @@ class Pipeline:
             if isinstance(step, FileResult):
                 return self._record_failure(candidate, step, digest, quarantine_file)
             return self._write(candidate, step, digest)
+        except (Changed, FileNotFoundError) as exc:  # replaced or gone since the scan
+            return _skipped(candidate, exc)
         except IngestError as exc:  # Rejected, a missing tool, Milvus refusing the write...
             if not isinstance(exc, Rejected):
                 log.error("ingesting %s failed [%s]", candidate.rel_path, exc.code)
@@ -266,6 +311,7 @@ class Pipeline:
         self, candidate: Candidate, prepared: Prepared, digest: str, *, original: bool = True
     ) -> FileResult:
         t0 = time.perf_counter()
+        opened = open_candidate(candidate) if original and self.vault is not None else None
         doc_id, version = self.registry.begin_version(
             source=self.source,
             rel_path=candidate.rel_path,
@@ -285,11 +331,12 @@ class Pipeline:
                 bm25=self.options.bm25,
             )
             self.store.insert(records)
-            if self.vault is not None and original:
+            if self.vault is not None and opened is not None:
                 # Record the storage id first: a crash during put leaves a known id to clean up.
                 storage_id = secrets.token_hex(16)
                 self.registry.set_version_vault(doc_id, version, storage_id)
-                self.vault.put(candidate.path, storage_id=storage_id)
+                with opened.reader() as original_bytes:
+                    self.vault.put(original_bytes, storage_id=storage_id)
             title = self.cipher.seal(
                 f"title:{doc_id}:{version}", prepared.parsed.title.encode("utf-8")
             )
@@ -305,10 +352,14 @@ class Pipeline:
             )
         except BaseException:
             self._discard(Unfinished(doc_id, version, ""))
+            if opened is not None:
+                opened.close()
             raise
         self._cleanup(superseded)
-        if self.source == "inbox" and original:
-            candidate.path.unlink(missing_ok=True)
+        if opened is not None:
+            with opened:
+                if self.source == "inbox":
+                    opened.unlink_if_same()
         stages = dict(prepared.stages, write_s=time.perf_counter() - t0)
         return FileResult(
             candidate.rel_path,
@@ -337,7 +388,7 @@ class Pipeline:
         )
 
     def _record_failure(
-        self, candidate: Candidate, result: FileResult, digest: str, move: bool = True
+        self, candidate: Candidate, result: FileResult, digest: str | None, move: bool = True
     ) -> FileResult:
         result.doc_id = self.registry.fail(
             source=self.source,
@@ -355,9 +406,21 @@ class Pipeline:
                 detail=result.detail[-MAX_DETAIL_CHARS:],
             ),
         )
-        if move and self.source == "inbox" and candidate.path.exists():
-            quarantine(self.drop, candidate, code=result.code, reason=result.reason)
+        if move and self.source == "inbox" and result.code != LinkRefused.code:
+            self._quarantine(candidate, result, digest)
         return result
+
+    def _quarantine(self, candidate: Candidate, result: FileResult, digest: str | None) -> None:
+        """Move a failed inbox file to `_failed`. If a link is in the way it stays where it
+        is, recorded again as ``symlink`` (and not tried again while it is unchanged)."""
+        try:
+            quarantine(self.drop, candidate, code=result.code, reason=result.reason)
+        except LinkRefused as exc:
+            result.detail = f"[{result.code}] {result.detail} Not moved to {FAILED_DIR}: {exc}"
+            result.code, result.reason = exc.code, reason_message(exc.code)
+            self._record_failure(candidate, result, digest, move=False)
+        except (Changed, FileNotFoundError):
+            pass  # replaced or gone meanwhile: the next pass sees what is there now
 
     # ----- deletions, recovery ----------------------------------------------------------------
     def _sync_deletions(self, present: set[str]) -> Iterable[FileResult]:
@@ -410,28 +473,26 @@ class Pipeline:
                 hint="See `appliance docs list`.",
             )
         if doc.source == "mirror":
-            return self._reindex_path(self.drop / doc.rel_path, doc.rel_path, doc.group)
+            return self._reindex_from(self.drop, doc.rel_path, doc.group)
         if self.vault is None or not doc.vault_id:
             raise IngestError(
                 f"{doc_id} has no stored original to re-index from.", code="no-original"
             )
-        scratch = private_scratch("kapp-reindex-", require_memory=True)
-        path = scratch / Path(doc.rel_path).name
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(self.vault.open_bytes(doc.vault_id))
-            return self._reindex_path(path, doc.rel_path, doc.group)
-        finally:
-            path.unlink(missing_ok=True)
-            scratch.rmdir()
+        with scratch_copy(doc.rel_path, self.vault.open_bytes(doc.vault_id)) as root:
+            return self._reindex_from(root, doc.rel_path, doc.group)
 
-    def _reindex_path(self, path: Path, rel_path: str, group: str) -> FileResult:
-        if not path.is_file():
-            raise IngestError(f"The original of {rel_path} is gone ({path}).", code="not-found")
-        info = path.stat()
-        candidate = Candidate(path, rel_path, group, info.st_size, info.st_mtime)
-        digest = self.content_hmac(path)
+    def _reindex_from(self, root: Path, rel_path: str, group: str) -> FileResult:
+        try:
+            with open_below(root, rel_path) as opened:
+                digest, info = keyed_digest(self.content_key, opened), opened.info
+        except (OSError, Rejected) as exc:
+            raise IngestError(
+                f"The original of {rel_path} is gone or unreadable: {exc}", code="not-found"
+            ) from None
+        identity = (info.st_dev, info.st_ino)
+        candidate = Candidate(
+            root / rel_path, rel_path, group, info.st_size, info.st_mtime, identity
+        )
         done = resolved(lambda: self._embed_step(self._parse_step(candidate)))
         result = self._process(candidate, digest, done, quarantine_file=False)
         if result.outcome == "failed":
@@ -461,13 +522,6 @@ class Pipeline:
             self.vault.delete(item.vault_id)
         self.registry.cleaned(item)
 
-    def content_hmac(self, path: Path) -> str:
-        mac = hmac.new(self.content_key, digestmod=hashlib.sha256)
-        with path.open("rb") as fh:
-            while block := fh.read(1 << 20):
-                mac.update(block)
-        return mac.hexdigest()
-
 
 _Todo = tuple[Candidate, str]  # a file and its keyed content hash
 _Embedded = tuple[_Todo, Future[Prepared | FileResult]]
@@ -475,6 +529,13 @@ _Embedded = tuple[_Todo, Future[Prepared | FileResult]]
 
 def _chunk_count(step: Prepared | FileResult) -> int:
     return len(step.chunks) if isinstance(step, Prepared) else 0
+
+
+def _skipped(candidate: Candidate, exc: Exception) -> FileResult:
+    """A file replaced or gone since the scan: nothing recorded, the next pass takes it."""
+    reason = exc.message if isinstance(exc, Changed) else f"{candidate.rel_path} is gone."
+    code = Changed.code
+    return FileResult(candidate.rel_path, "skipped", None, candidate.group, code, reason)
 
 
 def _group_problem(candidate: Candidate) -> str:

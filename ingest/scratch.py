@@ -9,7 +9,10 @@ memory file system exists, the system temp directory is used and :func:`memory_b
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 SHM = Path("/dev/shm")  # noqa: S108 - deliberately memory-backed; subdirectories are 0700
@@ -32,3 +35,22 @@ def private_scratch(prefix: str, *, require_memory: bool = False) -> Path:
             code="no-tmpfs",
         )
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+@contextmanager
+def scratch_copy(rel_path: str, data: bytes) -> Iterator[Path]:
+    """A private memory-backed folder holding ``data`` at ``rel_path`` (new 0600 files, no
+    link followed), removed with everything in it on exit; yields the folder."""
+    from .safefs import open_dir, parts_of, write_new
+
+    root = private_scratch("kapp-copy-", require_memory=True)
+    try:
+        parts = parts_of(rel_path)
+        folder = open_dir(root, parts[:-1], create=True, mode=0o700)
+        try:
+            write_new(folder, parts[-1], data, mode=0o600)
+        finally:
+            os.close(folder)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
