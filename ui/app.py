@@ -13,8 +13,10 @@ from typing import Any
 import gradio as gr
 from fastapi import FastAPI
 
+from .cache import UiCache
 from .context import UiContext, guarded
 from .format import language_links
+from .guard import OriginGuard, PageGuard
 from .i18n import TABLES, t
 from .pages import admin, admin_users, chat, history, upload
 from .routes import LoginRedirect, add_routes
@@ -113,17 +115,21 @@ def mount_ui(app: FastAPI, runtime: Any) -> None:
     """Add the login/logout/source/download routes and mount the Gradio UI at ``/``.
 
     Call it after every other route is registered: the mount at ``/`` matches any path.
-    Uploads land first in a private folder under the home (Gradio's cache), and are moved into
-    the drop folder at once.
+    Uploads land first in Gradio's cache, a private folder in memory (:mod:`ui.cache`), and are
+    moved into the drop folder when submitted; Gradio routes that would write page state to disk
+    (deep links) or serve a page to another login are refused (:mod:`ui.guard`).
     """
     settings = runtime.settings
-    cache = settings.home / "tmp" / "ui"
-    cache.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.environ["GRADIO_TEMP_DIR"] = str(cache)  # Gradio reads it when the app is mounted
+    cache = UiCache.open(settings)
+    # Gradio reads it when the components and the app are built (below), not later.
+    os.environ["GRADIO_TEMP_DIR"] = str(cache.path)
     ctx = UiContext.build(runtime)
+    ctx.cache = cache.start()
     runtime.extras["ui"] = ctx
     add_routes(app, ctx)
     app.add_middleware(LoginRedirect, ctx=ctx)
+    app.add_middleware(PageGuard, ctx=ctx)
+    app.add_middleware(OriginGuard, ctx=ctx)  # the outermost: before any route or guard
     labels = i18n()
     blocks = build_blocks(ctx, labels)
     gr.mount_gradio_app(
