@@ -238,6 +238,37 @@ class ServeSettings(_Section):
         True, description="staff may download originals of documents they may see"
     )
     session_minutes: int = Field(480, ge=1, description="web sessions expire after this long")
+    session_idle_minutes: int = Field(
+        30,
+        ge=1,
+        description="web sessions end after this many minutes without activity (the page's "
+        "background polls do not count)",
+    )
+    behind_tls_proxy: bool = Field(
+        False,
+        description="a reverse proxy terminates TLS in front of `serve`: cookies are always "
+        "Secure and the web UI's origin is https",
+    )
+    trusted_proxies: list[str] = Field(
+        ["127.0.0.1"],
+        description="addresses whose X-Forwarded-Proto and X-Forwarded-For headers are believed "
+        "(uvicorn's forwarded_allow_ips); empty: none",
+    )
+    public_origin: str | None = Field(
+        None,
+        pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+$",
+        description="the origin browsers use for the web UI (e.g. https://kb.example.com) when "
+        "a proxy rewrites the Host header; unset: taken from each request's Host",
+    )
+    ui_cache_dir: Path | None = Field(
+        None,
+        description="a memory file system (tmpfs) where the web UI keeps uploads until they "
+        "are submitted, in a private sub-folder; unset: /dev/shm, or <home>/tmp/ui on disk when "
+        "/dev/shm cannot be used (logged, and a status warning)",
+    )
+    ui_upload_max_age_s: int = Field(
+        300, ge=1, description="uploaded files not submitted within this many seconds are deleted"
+    )
 
 
 class MonitoringSettings(_Section):

@@ -5,7 +5,8 @@ A login (throttled as :mod:`appliance.login_guard` describes, then checked by
 session id, sent to the browser once as an HttpOnly, SameSite=Strict cookie; the database keeps
 only its SHA-256, so a copied ``sessions.db`` opens no session. Every request resolves the id to
 the *current* account: a session ends when it expires (``serve.session_minutes`` after login),
-at logout, and as soon as its user is disabled, removed or has a new password. Logins are audited
+after ``serve.session_idle_minutes`` without activity (a resolve with ``touch=True``), at logout,
+and as soon as its user is disabled, removed or has a new password. Logins are audited
 (success and failure, with the user name typed and the precise reason, which the person logging
 in never sees); time is always passed in (unix seconds).
 """
@@ -65,13 +66,15 @@ class SessionStore:
         *,
         minutes: int = 480,
         limits: LoginLimits | None = None,
+        idle_minutes: int | None = None,
     ) -> None:
-        if minutes < 1:
+        if minutes < 1 or (idle_minutes is not None and idle_minutes < 1):
             raise ValueError("Sessions must last at least one minute.")
         self.path, self.users, self.home = Path(path), users, home
         self.lifetime_s = minutes * 60
         self.limits = limits or LoginLimits()
         self.throttle = LoginThrottle(self.limits)
+        self.idle_s = idle_minutes * 60 if idle_minutes is not None else None
         with contextlib.suppress(FileExistsError):
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
         with self._db() as db:
@@ -123,26 +126,33 @@ class SessionStore:
             )
         return session_id, user
 
-    def resolve(self, session_id: str | None, *, now: int) -> Session:
-        """The session's current account; AuthError (code SESSION_INVALID) if it has ended."""
+    def resolve(self, session_id: str | None, *, now: int, touch: bool = True) -> Session:
+        """The session's current account; AuthError (code SESSION_INVALID) if it has ended.
+
+        ``touch``: this request is the user's activity (a page, a question, a click), which
+        restarts the idle timeout; background requests (polls, Gradio's own checks) pass False.
+        """
         if not isinstance(session_id, str) or not _ID.fullmatch(session_id):
             raise _invalid()
         key = _hash(session_id)
         with self._db() as db:
             row = db.execute(
-                "SELECT user, created_at, expires_at FROM sessions WHERE id_hash = ?", (key,)
+                "SELECT user, created_at, expires_at, last_seen FROM sessions WHERE id_hash = ?",
+                (key,),
             ).fetchone()
         if row is None:
             raise _invalid()
-        name, created, expires = row
+        name, created, expires, last_seen = row
         user = self._current_user(name)
         ended = user is None or user.disabled or user.password_changed_at > created
-        if ended or now >= expires:
+        idle = self.idle_s is not None and now - last_seen >= self.idle_s
+        if ended or idle or now >= expires:
             self._delete(key)
             raise _invalid()
         assert user is not None
-        with self._db() as db:
-            db.execute("UPDATE sessions SET last_seen = ? WHERE id_hash = ?", (now, key))
+        if touch and now > last_seen:
+            with self._db() as db:
+                db.execute("UPDATE sessions SET last_seen = ? WHERE id_hash = ?", (now, key))
         return Session(user, created, expires)
 
     def logout(self, session_id: str | None, *, now: int) -> bool:
@@ -166,14 +176,22 @@ class SessionStore:
     def active(self, *, now: int) -> int:
         with self._db() as db:
             row = db.execute(
-                "SELECT COUNT(*) FROM sessions WHERE expires_at > ?", (now,)
+                "SELECT COUNT(*) FROM sessions WHERE expires_at > ? AND last_seen > ?",
+                (now, self._idle_before(now)),
             ).fetchone()
         return int(row[0])
 
     def purge(self, *, now: int) -> int:
-        """Forget expired sessions; returns how many."""
+        """Forget expired and idle sessions; returns how many."""
         with self._db() as db:
-            return db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,)).rowcount
+            return db.execute(
+                "DELETE FROM sessions WHERE expires_at <= ? OR last_seen <= ?",
+                (now, self._idle_before(now)),
+            ).rowcount
+
+    def _idle_before(self, now: int) -> int:
+        """Sessions last seen at or before this time have been idle too long."""
+        return now - self.idle_s if self.idle_s is not None else -(2**62)
 
     def _trusted_device(self, name: str, device: str | None, *, now: int) -> User | None:
         """The account ``name`` if ``device`` is trusted for it, else None."""

@@ -13,10 +13,12 @@ from typing import Any
 import gradio as gr
 from fastapi import FastAPI
 
+from .cache import UiCache
 from .context import UiContext
 from .file_guard import FileGuard
 from .format import language_links
 from .gate import RefusalLog, SessionGate
+from .guard import OriginGuard, PageGuard
 from .i18n import TABLES, t
 from .pages import admin, admin_users, chat, history, upload
 from .routes import LoginRedirect, add_routes
@@ -133,23 +135,32 @@ def mount_ui(app: FastAPI, runtime: Any) -> None:
     """Add the login/logout/source/download routes and mount the Gradio UI at ``/``.
 
     Call it after every other route is registered: the mount at ``/`` matches any path.
-    Uploads land first in a private folder under the home (Gradio's cache), and are moved into
-    the drop folder at once.
+    Uploads land first in Gradio's cache, a private folder in memory (:mod:`ui.cache`), and are
+    moved into the drop folder when submitted; Gradio routes that would write page state to disk
+    (deep links) or serve a page to another login are refused (:mod:`ui.guard`).
     """
     settings = runtime.settings
-    cache = settings.home / "tmp" / "ui"
-    cache.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.environ["GRADIO_TEMP_DIR"] = str(cache)  # Gradio reads it when the app is mounted
-    ctx = UiContext.build(runtime, upload_cache=cache)
+    cache = UiCache.open(settings)
+    # Gradio reads it when the components and the app are built (below), not later.
+    os.environ["GRADIO_TEMP_DIR"] = str(cache.path)
+    ctx = UiContext.build(runtime)
+    ctx.cache = cache.start()
     runtime.extras["ui"] = ctx
     add_routes(app, ctx)
+    # Middleware runs outermost first, i.e. in the reverse of the order added here:
+    # OriginGuard (cross-site requests) -> SessionGate (no live session: 401) -> FileGuard
+    # (forged file paths) -> PageGuard (unused routes, a page of another login) -> LoginRedirect.
     app.add_middleware(LoginRedirect, ctx=ctx)
-    app.add_middleware(FileGuard, cache=cache, audit=lambda scope, raw: _refused(ctx, scope, raw))
-    app.add_middleware(  # outermost: strangers are turned away before anything reads a body
+    app.add_middleware(PageGuard, ctx=ctx)
+    app.add_middleware(
+        FileGuard, cache=cache.path, audit=lambda scope, raw: _refused(ctx, scope, raw)
+    )
+    app.add_middleware(
         SessionGate,
         live=lambda cookies: ctx.session_name(cookies) is not None,
         refusals=RefusalLog(lambda client, route, n: _invalid_session(ctx, client, route, n)),
     )
+    app.add_middleware(OriginGuard, ctx=ctx)
     labels = i18n()
     blocks = build_blocks(ctx, labels)
     # Gradio checks that an event's files came from its upload route only once `launch()` has

@@ -2,7 +2,9 @@
 
 Pages never trust a value the browser sends to say who is asking: every handler calls
 :meth:`UiContext.user` (or :meth:`UiContext.admin`) with the Gradio request, which looks the
-HttpOnly session cookie up in :class:`appliance.sessions.SessionStore`.
+HttpOnly session cookie up in :class:`appliance.sessions.SessionStore` and checks that the page's
+``session_hash`` (the key of its server-side state) belongs to that login
+(:class:`ui.binding.HashBindings`): another login's page is refused and audited.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +28,8 @@ from appliance.users import User
 from ingest.errors import IngestError
 from secure.errors import SecureError
 
+from .binding import HashBindings
+from .cache import UiCache
 from .errors import error_message, request_lang
 from .i18n import pick_language
 
@@ -41,10 +45,11 @@ class UiContext:
     conversations: ConversationStore
     access: Access
     uploads: Uploads
-    upload_cache: Path
+    bindings: HashBindings = field(default_factory=lambda: HashBindings(ttl_s=86400))
+    cache: UiCache | None = None
 
     @classmethod
-    def build(cls, runtime: Any, *, upload_cache: Path) -> UiContext:
+    def build(cls, runtime: Any) -> UiContext:
         settings, app, knowledge = runtime.settings, runtime.app, runtime.knowledge
         sessions = SessionStore(
             settings.home / SESSIONS_FILE,
@@ -52,6 +57,7 @@ class UiContext:
             app.secure,
             minutes=settings.serve.session_minutes,
             limits=LoginLimits.from_settings(settings.users),
+            idle_minutes=settings.serve.session_idle_minutes,
         )
         return cls(
             runtime=runtime,
@@ -59,23 +65,74 @@ class UiContext:
             conversations=app.conversations,
             access=Access(knowledge, clock=runtime.clock),
             uploads=runtime.uploads,
-            upload_cache=upload_cache,
+            bindings=HashBindings(ttl_s=sessions.lifetime_s),
         )
 
     def now(self) -> int:
         return int(self.runtime.clock())
 
-    def session_name(self, cookies: Any) -> str | None:
-        """The user name of a live session (Gradio's auth hook), or None."""
+    @property
+    def upload_cache(self) -> Path:
+        """The folder Gradio's upload route writes into (the only source of uploaded files)."""
+        if self.cache is None:
+            raise RuntimeError("the UI cache is not open")
+        return self.cache.path
+
+    def session_name(self, cookies: Any, *, touch: bool = False) -> str | None:
+        """The user name of a live session (Gradio's auth hook), or None. Not activity by
+        default: Gradio asks on every request, polls and heartbeats included."""
         try:
-            return self.sessions.resolve(_cookie(cookies), now=self.now()).user.name
+            return self.sessions.resolve(_cookie(cookies), now=self.now(), touch=touch).user.name
         except ApplianceError:
             return None
 
-    def user(self, request: gr.Request | None) -> User:
-        """The current account behind this event's session cookie; AuthError if none."""
+    def user(self, request: gr.Request | None, *, touch: bool = True) -> User:
+        """The current account behind this event's session cookie, if the page's
+        ``session_hash`` is this login's own; AuthError or Forbidden otherwise.
+        ``touch=False`` for background polls (they do not keep an idle session alive)."""
         cookies = getattr(request, "cookies", None) if request is not None else None
-        return self.sessions.resolve(_cookie(cookies), now=self.now()).user
+        cookie = _cookie(cookies)
+        user = self.sessions.resolve(cookie, now=self.now(), touch=touch).user
+        page = getattr(request, "session_hash", None) if request is not None else None
+        if page is not None:
+            self._own_page(page, cookie, user.name, client=_client(request))
+        return user
+
+    def page_owner(self, session_hash: str, cookies: Any, *, client: str = "") -> User:
+        """:meth:`user` for a request that names a page by its hash alone (Gradio's queue
+        and heartbeat routes, checked before Gradio sees them)."""
+        cookie = _cookie(cookies)
+        try:
+            user = self.sessions.resolve(cookie, now=self.now(), touch=False).user
+        except AuthError:
+            if self.bindings.bound(session_hash):
+                self._refused(session_hash, cookie, "anonymous", client)
+            raise
+        self._own_page(session_hash, cookie, user.name, client=client)
+        return user
+
+    def _own_page(self, session_hash: str, cookie: str | None, name: str, *, client: str) -> None:
+        if self.bindings.claim(session_hash, cookie, now=self.now()):
+            return
+        self._refused(session_hash, cookie, f"user:{name}", client)
+        raise Forbidden(
+            "This page belongs to another sign-in.",
+            code="SESSION_HASH_MISMATCH",
+            hint="Reload the page.",
+        )
+
+    def _refused(self, session_hash: str, cookie: str | None, actor: str, client: str) -> None:
+        if not self.bindings.first_refusal(session_hash, cookie):
+            return  # a page polling every second is audited once, not once a second
+        self.runtime.app.secure.record(
+            "access.denied",
+            actor=actor,
+            now=self.now(),
+            object="ui-page",
+            outcome="refused",
+            reason="SESSION_HASH_MISMATCH",
+            details={"client": client[:64]} if client else {},
+        )
 
     def admin(self, request: gr.Request | None) -> User:
         user = self.user(request)
@@ -160,6 +217,8 @@ class UiContext:
 
     def close(self) -> None:
         self.uploads.close()
+        if self.cache is not None:
+            self.cache.close()
 
 
 def _cookie(cookies: Any) -> str | None:
@@ -174,3 +233,8 @@ def _request_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if isinstance(value, gr.Request):
             return value
     return None
+
+
+def _client(request: Any) -> str:
+    client = getattr(request, "client", None)
+    return str(getattr(client, "host", "") or "")

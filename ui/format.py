@@ -331,8 +331,9 @@ def language_links() -> str:
     return '<span class="lang-switch">' + " · ".join(links) + "</span>"
 
 
-def login_page(lang: str, *, error: str = "", next_url: str = "/") -> str:
-    """The login form (our own page; the session cookie is set by the POST handler)."""
+def login_page(lang: str, *, error: str = "", next_url: str = "/", csrf: str = "") -> str:
+    """The login form (our own page; the session cookie is set by the POST handler).
+    ``csrf``: the token the POST must send back (the same value is in a cookie)."""
     message = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
     return f"""<!doctype html>
 <html lang="{html.escape(lang)}"><head><meta charset="utf-8">
@@ -344,6 +345,7 @@ button{{margin-top:1.5rem;padding:.6rem 1.2rem}}.error{{color:#b00020}}</style><
 <body>{language_links()}<h1>{html.escape(t(lang, "app.title"))}</h1>{message}
 <form method="post" action="/login">
 <input type="hidden" name="next" value="{html.escape(next_url)}">
+<input type="hidden" name="csrf" value="{html.escape(csrf)}">
 <label>{html.escape(t(lang, "login.user"))}
 <input name="username" id="username" autocomplete="username" required maxlength="64"></label>
 <label>{html.escape(t(lang, "login.password"))}

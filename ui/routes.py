@@ -1,13 +1,19 @@
 """Plain HTTP routes beside the Gradio app: login, logout, source views and downloads.
 
-The session cookie is HttpOnly, SameSite=Strict (and Secure when the server speaks TLS); the
-page at ``/`` redirects to ``/login`` without a live session. Source and download routes take
-only ids from the browser and authorise them from the session's user
+The session cookie is HttpOnly, SameSite=Strict, and Secure when the server speaks TLS, sits
+behind a TLS-terminating proxy (``serve.behind_tls_proxy``) or the request came as https from a
+trusted proxy (``X-Forwarded-Proto``); the page at ``/`` redirects to ``/login`` without a live
+session. The login form carries a CSRF token (double submit: a random value in a cookie and in
+a hidden field, compared in constant time); a mismatch is answered 403 and audited. Source and
+download routes take only ids from the browser and authorise them from the session's user
 (:class:`appliance.access.Access`): another group's id is answered 403 and audited.
 """
 
 from __future__ import annotations
 
+import hmac
+import re
+import secrets
 from typing import Any
 from urllib.parse import quote
 
@@ -26,6 +32,9 @@ from .i18n import TABLES, pick_language, t
 HTML_PAGES = ("/", "/index.html")
 LANG_COOKIE = "lang"
 LANG_COOKIE_S = 365 * 86400
+CSRF_COOKIE = "kapp_login_csrf"
+CSRF_COOKIE_S = 3600
+_CSRF = re.compile(r"[A-Za-z0-9_-]{43}")
 # Gradio's page picks its words from navigator.language; with a language chosen by the switch,
 # this runs before Gradio's scripts so the whole page (not only our HTML) follows the choice.
 _LOCALE_JS = (
@@ -46,24 +55,68 @@ def session_user(ctx: UiContext, request: Request) -> User:
     return ctx.sessions.resolve(request.cookies.get(COOKIE_NAME), now=ctx.now()).user
 
 
+def secure_cookies(ctx: UiContext, request: Request) -> bool:
+    """Whether cookies get the Secure flag: TLS here, behind a TLS proxy, or https as a trusted
+    proxy says (uvicorn sets the scheme from X-Forwarded-Proto of ``serve.trusted_proxies``)."""
+    serve = ctx.runtime.settings.serve
+    return serve.tls_cert is not None or serve.behind_tls_proxy or request.url.scheme == "https"
+
+
+def login_form_page(
+    ctx: UiContext, request: Request, error: str = "", *, status: int = 200
+) -> HTMLResponse:
+    """The login form with a CSRF token, also set as the cookie the POST is checked against."""
+    from .format import login_page
+
+    token = request.cookies.get(CSRF_COOKIE, "")
+    if not _CSRF.fullmatch(token):
+        token = secrets.token_urlsafe(32)
+    response = _page(login_page(language(request), error=error, csrf=token), status=status)
+    response.set_cookie(
+        CSRF_COOKIE,
+        token,
+        max_age=CSRF_COOKIE_S,
+        httponly=True,
+        samesite="strict",
+        secure=secure_cookies(ctx, request),
+        path="/login",
+    )
+    return response
+
+
+def csrf_ok(request: Request, sent: str) -> bool:
+    kept = request.cookies.get(CSRF_COOKIE, "")
+    return bool(_CSRF.fullmatch(kept)) and hmac.compare_digest(kept.encode(), sent.encode())
+
+
 def add_routes(app: FastAPI, ctx: UiContext) -> None:
     router = APIRouter(include_in_schema=False)
-    secure_cookie = ctx.runtime.settings.serve.tls_cert is not None
 
     @router.get("/login")
     def login_form(request: Request) -> HTMLResponse:
-        from .format import login_page
-
         ended = request.query_params.get("ended") == "1"
-        lang = language(request)
-        error = t(lang, "login.ended") if ended else ""
-        return _page(login_page(lang, error=error))
+        error = t(language(request), "login.ended") if ended else ""
+        return login_form_page(ctx, request, error)
 
     @router.post("/login")
-    def login(request: Request, username: str = Form(""), password: str = Form("")) -> Response:
-        from .format import login_page
-
+    def login(
+        request: Request,
+        username: str = Form(""),
+        password: str = Form(""),
+        csrf: str = Form(""),
+    ) -> Response:
         client = request.client.host if request.client else ""
+        if not csrf_ok(request, csrf):
+            ctx.runtime.app.secure.record(
+                "access.denied",
+                actor="anonymous",
+                now=ctx.now(),
+                object="/login",
+                outcome="refused",
+                reason="CSRF_TOKEN",
+                details={"client": client[:64]} if client else {},
+            )
+            return login_form_page(ctx, request, t(language(request), "login.expired"), status=403)
         device = device_token(request.cookies.get(DEVICE_COOKIE))
         try:
             session_id, _ = ctx.sessions.login(
@@ -71,8 +124,8 @@ def add_routes(app: FastAPI, ctx: UiContext) -> None:
             )
         except AuthError as exc:  # one message for every cause (the audit log has the reason)
             lang = language(request)
-            body = login_page(lang, error=f"{t(lang, 'login.failed')}: {exc.message}")
-            return _page(body, status=401)
+            error = f"{t(lang, 'login.failed')}: {exc.message}"
+            return login_form_page(ctx, request, error, status=401)  # with a CSRF token
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(
             COOKIE_NAME,
@@ -80,7 +133,7 @@ def add_routes(app: FastAPI, ctx: UiContext) -> None:
             max_age=ctx.sessions.lifetime_s,
             httponly=True,
             samesite="strict",
-            secure=secure_cookie,
+            secure=secure_cookies(ctx, request),
             path="/",
         )
         response.set_cookie(  # recognises this browser at the next login (see login_guard)
@@ -89,20 +142,27 @@ def add_routes(app: FastAPI, ctx: UiContext) -> None:
             max_age=ctx.sessions.limits.trust_s,
             httponly=True,
             samesite="strict",
-            secure=secure_cookie,
+            secure=secure_cookies(ctx, request),
             path="/login",
         )
+        response.delete_cookie(CSRF_COOKIE, path="/login", httponly=True, samesite="strict")
         return response
 
     @router.post("/logout")
     def logout(request: Request) -> Response:
         ctx.sessions.logout(request.cookies.get(COOKIE_NAME), now=ctx.now())
         response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict")
+        response.delete_cookie(
+            COOKIE_NAME,
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=secure_cookies(ctx, request),
+        )
         return response
 
     @router.get("/ui/lang/{code}")
-    def switch_language(code: str) -> Response:
+    def switch_language(request: Request, code: str) -> Response:
         """The language switch: remember the choice in a ``lang`` cookie, back to the page."""
         response = RedirectResponse("/", status_code=303)
         if code in TABLES:
@@ -112,7 +172,7 @@ def add_routes(app: FastAPI, ctx: UiContext) -> None:
                 max_age=LANG_COOKIE_S,
                 httponly=True,
                 samesite="strict",
-                secure=secure_cookie,
+                secure=secure_cookies(ctx, request),
                 path="/",
             )
         return response
@@ -190,7 +250,7 @@ class LoginRedirect:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] in HTML_PAGES:
             request = Request(scope)
-            if self.ctx.session_name(request.cookies) is None:
+            if self.ctx.session_name(request.cookies, touch=True) is None:  # a page load
                 ended = "?ended=1" if COOKIE_NAME in request.cookies else ""
                 await RedirectResponse(f"/login{ended}", status_code=303)(scope, receive, send)
                 return

@@ -56,7 +56,7 @@ def serve(ctx: CliContext, host: str | None, port: int | None, no_ui: bool) -> N
     tls = _tls_files(s.tls_cert, s.tls_key)
     runtime = open_runtime(ctx)
     report_models(runtime)
-    from ..serve.server import build_app, start_heartbeat
+    from ..serve.server import build_app, proxy_options, start_heartbeat
 
     app = build_app(runtime, ui=s.ui and not no_ui)
     stop_heartbeat = start_heartbeat(runtime)
@@ -75,6 +75,7 @@ def serve(ctx: CliContext, host: str | None, port: int | None, no_ui: bool) -> N
             ssl_certfile=str(tls[0]) if tls else None,
             ssl_keyfile=str(tls[1]) if tls else None,
             timeout_graceful_shutdown=10,
+            **proxy_options(s),
         )
     finally:
         stop_heartbeat()

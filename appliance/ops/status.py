@@ -97,6 +97,7 @@ def node_level(
             "pid": serve.pid,
             "uptime_s": round(now - serve.started_at) if serve.alive and serve.started_at else None,
             "reason": serve.reason,
+            "ui_cache": serve.info.get("ui_cache") if serve.alive else None,
         },
         "settings": settings_summary(settings),
         "last_errors": task_store.last_errors(5),
@@ -193,6 +194,11 @@ def _warnings(levels: dict[str, Any]) -> list[dict[str, str]]:
                     f"{m['name']}: {m['days_left']} days left",
                 )
             )
+    cache = levels["node"]["server"].get("ui_cache")
+    if isinstance(cache, dict) and not cache.get("in_memory", True):
+        found.append(
+            _p("node", "warning", "UI_CACHE_ON_DISK", f"web uploads wait in {cache.get('path')}")
+        )
     tls = levels["service"]["tls"]
     if tls.get("state") in ("expired", "expiring", "unreadable"):
         found.append(_p("service", "warning", "TLS_" + tls["state"].upper(), tls.get("path", "")))
@@ -218,6 +224,9 @@ def server_info(runtime: Any) -> dict[str, Any]:
     manager = getattr(runtime, "models", None)
     if manager is not None and hasattr(manager, "states"):
         info["models"] = [_state_dict(s) for s in manager.states()]
+    cache = getattr(getattr(runtime, "extras", {}).get("ui"), "cache", None)
+    if cache is not None:
+        info["ui_cache"] = cache.info()  # where the web UI keeps uploads (memory or disk)
     try:
         info["milvus"] = {"reachable": True, "rows": int(runtime.knowledge.store.count())}
     except (IngestError, ApplianceError) as exc:

@@ -32,6 +32,14 @@ def build_app(runtime: Any, *, ui: bool = True) -> FastAPI:
     return app
 
 
+def proxy_options(serve: Any) -> dict[str, Any]:
+    """uvicorn's proxy options: ``X-Forwarded-Proto`` / ``-For`` are believed only from
+    ``serve.trusted_proxies`` (none when the list is empty). A believed https scheme makes the
+    web UI's cookies Secure and its origin https."""
+    proxies = [p.strip() for p in serve.trusted_proxies if p.strip()]
+    return {"proxy_headers": bool(proxies), "forwarded_allow_ips": ",".join(proxies) or None}
+
+
 def start_heartbeat(runtime: Any, *, interval_s: float = 10.0) -> Callable[[], None]:
     """Publish `<home>/run/serve.json` (models, Milvus) for `appliance status` in another
     process; returns the function that stops it."""

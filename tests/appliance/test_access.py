@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from appliance.api.app import create_app
 from appliance.errors import Forbidden
 from appliance.sessions import COOKIE_NAME
+from tests.support.webui import csrf_token
 from tests.ui.kit import PASSWORD, UiWorld, build
 from ui.app import mount_ui
 from ui.pages.chat import ask_stream
@@ -63,9 +64,8 @@ def _ids(world: UiWorld, group: str) -> tuple[list[str], list[str]]:
 
 def _login(client: TestClient, name: str) -> str:
     client.cookies.clear()
-    response = client.post(
-        "/login", data={"username": name, "password": PASSWORD}, follow_redirects=False
-    )
+    data = {"username": name, "password": PASSWORD, "csrf": csrf_token(client.get("/login").text)}
+    response = client.post("/login", data=data, follow_redirects=False)
     assert response.status_code == 303, response.text
     return str(response.cookies[COOKIE_NAME])
 
@@ -155,14 +155,18 @@ def test_without_session_everything_is_refused(world: UiWorld, client: TestClien
     assert page.status_code == 303 and page.headers["location"].startswith("/login")
     client.cookies.set(COOKIE_NAME, "A" * 43)
     assert client.get("/", follow_redirects=False).headers["location"] == "/login?ended=1"
-    bad = client.post("/login", data={"username": "fred", "password": "wrong password!"})
+    token = csrf_token(client.get("/login").text)
+    bad = client.post(
+        "/login", data={"username": "fred", "password": "wrong password!", "csrf": token}
+    )
     assert bad.status_code == 401 and COOKIE_NAME not in bad.cookies
 
 
 def test_logged_in_page_and_logout(world: UiWorld, client: TestClient) -> None:
     sid = _login(client, "hana")
     assert client.get("/").status_code == 200
-    assert client.post("/logout", follow_redirects=False).status_code == 303
+    own = {"Origin": "http://127.0.0.1"}  # the UI's own page posts the logout form
+    assert client.post("/logout", headers=own, follow_redirects=False).status_code == 303
     ctx = world.runtime.extras["ui"]
     with pytest.raises(Exception):  # noqa: B017 - AuthError: the session is gone
         ctx.sessions.resolve(sid, now=int(world.runtime.clock()))

@@ -225,3 +225,23 @@ def test_end_user_sessions_and_purge(parts) -> None:
         sessions.resolve(a1, now=NOW)
     assert sessions.resolve(b, now=NOW).user.name == "ben"
     assert sessions.purge(now=NOW + 601) == 1 and sessions.active(now=NOW) == 0
+
+
+def test_idle_sessions_end_and_background_reads_do_not_keep_them(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "home", now=NOW)
+    users = UserStore(tmp_path / "appliance.db", scrypt=ScryptParams(n=2**10))
+    users.add_user("ann", role="staff", groups="hr", password=PW, now=NOW)
+    sessions = SessionStore(tmp_path / "s.db", users, home, minutes=60, idle_minutes=5)
+    sid, _ = sessions.login("ann", PW, now=NOW)
+    sessions.resolve(sid, now=NOW + 200)  # activity: idle counts from here
+    sessions.resolve(sid, now=NOW + 450, touch=False)  # a poll, not activity
+    assert sessions.active(now=NOW + 499) == 1 and sessions.active(now=NOW + 500) == 0
+    with pytest.raises(AuthError) as err:
+        sessions.resolve(sid, now=NOW + 500)
+    assert err.value.code == "SESSION_INVALID"
+    with pytest.raises(AuthError):  # gone for good
+        sessions.resolve(sid, now=NOW + 201)
+    other, _ = sessions.login("ann", PW, now=NOW)
+    assert sessions.purge(now=NOW + 299) == 0 and sessions.purge(now=NOW + 300) == 1
+    with pytest.raises(AuthError):
+        sessions.resolve(other, now=NOW + 10)

@@ -87,7 +87,7 @@ def test_forged_file_paths_in_every_input_are_refused(target: Target) -> None:
             response = fred.browser.http.post(
                 f"/gradio_api/{route}/{event.api_name}", json={"data": [forged]}
             )
-            assert response.status_code == 403, (event, route, response.status_code)
+            assert response.status_code in (403, 404), (event, route, response.status_code)
     assert target.alive()
 
 

@@ -1,6 +1,6 @@
 """Load harness (issue 5): simulated staff against a running appliance server on loopback.
 
-Each simulated staff member logs in once through the web login (``POST /login``, session cookie),
+Each simulated staff member logs in once through the web login (CSRF token, session cookie),
 opens the page, then loops until the deadline: a question through ``/v1/chat/completions``
 (streaming or not, with their own API key) or a ``/v1/search``, sometimes opening a source of
 their own group through the session (``/ui/source/…``) or probing a chunk id of a group they are
@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
+from tests.support.webui import csrf_token
 
 GROUPS = ("finance", "hr", "legal", "engineering")
 VAULT = {"finance": "FIN-4417", "hr": "HRX-8123", "legal": "LEG-5590", "engineering": "ENG-7302"}
@@ -190,7 +192,8 @@ class StaffSession:
         return s.ok and (await self.timed("page", self._page())).ok
 
     async def _login(self, data: dict[str, str]) -> tuple[int, str, None]:
-        r = await self.client.post("/login", data=data)
+        form = await self.client.get("/login")  # the form's CSRF token (and its cookie)
+        r = await self.client.post("/login", data={**data, "csrf": csrf_token(form.text)})
         ok = r.status_code == 303 and "kapp_session" in self.client.cookies
         return r.status_code, "" if ok else f"login answered {r.status_code}", None
 

@@ -17,12 +17,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(app: Any, *, timeout: float = 30.0) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 and yield its base URL; stops the server on exit."""
+def running_server(app: Any, *, timeout: float = 30.0, **options: Any) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 and yield its base URL; stops the server on exit.
+    ``options``: more uvicorn settings (e.g. ``appliance.serve.server.proxy_options``)."""
     import uvicorn
 
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **options
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()

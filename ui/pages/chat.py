@@ -52,6 +52,7 @@ def build(ctx: UiContext, L: Label) -> dict[str, Any]:
     def on_ask(
         text: str, items: list[dict[str, Any]], conv: str | None, request: gr.Request
     ) -> Iterator[tuple[Any, ...]]:
+        ctx.user(request)  # this login's own page, before anything of its state is used
         lang = ctx.lang(request)
         text = (text or "").strip()
         if not text:
@@ -67,7 +68,9 @@ def build(ctx: UiContext, L: Label) -> dict[str, Any]:
     ask.click(on_ask, [question, turns, conversation_id], outputs)
     question.submit(on_ask, [question, turns, conversation_id], outputs)
 
-    def on_new() -> tuple[Any, ...]:
+    @ctx.guarded
+    def on_new(request: gr.Request) -> tuple[Any, ...]:
+        ctx.user(request)  # another login's page is refused, not emptied
         return "", "", [], None, ""
 
     new.click(on_new, None, [conversation, sources, turns, conversation_id, feedback])

@@ -28,7 +28,7 @@ def build(ctx: UiContext, L: Label) -> dict[str, Any]:
     timer = gr.Timer(POLL_S, active=True)
 
     def rows(request: gr.Request) -> str:
-        user, lang = ctx.user(request), ctx.lang(request)
+        user, lang = ctx.user(request, touch=False), ctx.lang(request)  # a poll, not activity
         return uploads_html(ctx, user, lang)
 
     @ctx.guarded
