@@ -28,8 +28,9 @@ sys.path.insert(0, str(ROOT))
 from appliance.rag.beir import load_beir  # noqa: E402
 from appliance.rag.metrics import summarise  # noqa: E402
 from appliance.rag.retrieve import Retriever  # noqa: E402
+from ingest.bm25_stats import TermCounts  # noqa: E402
 from ingest.embed import Embedder  # noqa: E402
-from ingest.registry import Registry, TermCounts  # noqa: E402
+from ingest.registry import Registry  # noqa: E402
 from ingest.schema import ChunkRecord, PassageText, seal_passage  # noqa: E402
 from ingest.sparse import Bm25Params, TermHasher, analyze, doc_term_freqs, doc_vector  # noqa: E402
 from ingest.store import ChunkStore  # noqa: E402
