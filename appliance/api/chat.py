@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InvalidInput
-from ..rag.answer import Answer, AnswerEvent
+from ..rag.answer import MAX_QUESTION_CHARS, Answer, AnswerEvent
 from ..users import User
 from .auth import CurrentUser
 from .errors import error_body, status_of
@@ -83,6 +83,13 @@ def check_messages(messages: list[Message], *, max_messages: int, max_chars: int
                 param=f"messages[{i}].content",
                 hint="Shorten it (the limit is the setting serve.max_message_chars).",
             )
+    if len(messages[-1].text()) > MAX_QUESTION_CHARS:
+        raise InvalidInput(
+            f"The question has more than {MAX_QUESTION_CHARS} characters.",
+            code="QUESTION_TOO_LONG",
+            param=f"messages[{len(messages) - 1}].content",
+            hint="Shorten the question (the last message).",
+        )
 
 
 def engine_kwargs(body: ChatRequest, user: User) -> dict[str, Any]:

@@ -140,9 +140,11 @@ def test_too_many_or_too_long_messages_are_400_with_the_param(server: dict[str, 
         {"role": "assistant", "content": "x" * (limits.max_message_chars + 1)},
         {"role": "user", "content": "When does the canteen open?"},
     ]
+    question = [{"role": "user", "content": "x" * 4001}]
     for messages, code, param in (
         (many, "TOO_MANY_MESSAGES", "messages"),
         (long, "MESSAGE_TOO_LONG", "messages[1].content"),
+        (question, "QUESTION_TOO_LONG", "messages[0].content"),
     ):
         r = httpx.post(
             server["url"] + CHAT,
