@@ -228,6 +228,19 @@ class ServeSettings(_Section):
     request_timeout_s: float = Field(
         180.0, gt=0, description="time limit for one answer, queueing excluded"
     )
+    max_body_kb: int = Field(
+        256,
+        ge=1,
+        le=65536,
+        description="largest API request body in KiB; a larger one is refused (413) before "
+        "it is read",
+    )
+    max_messages: int = Field(
+        64, ge=1, le=4096, description="messages one chat request may carry at most (else 400)"
+    )
+    max_message_chars: int = Field(
+        16000, ge=1, description="characters one chat message may have at most (else 400)"
+    )
     ui: bool = Field(True, description="mount the staff web UI at /")
     watch_drop: bool = Field(
         True,

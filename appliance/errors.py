@@ -39,7 +39,21 @@ class UsageError(ApplianceError):
 
 
 class InvalidInput(ApplianceError):
+    """A request or argument is malformed or over a limit; ``param`` names the field (API)."""
+
     code = "INVALID_INPUT"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, hint: str = "", param: str | None = None
+    ) -> None:
+        super().__init__(message, code=code, hint=hint)
+        self.param = param
+
+
+class TooLarge(InvalidInput):
+    """A request body is larger than the settings allow (HTTP 413)."""
+
+    code = "BODY_TOO_LARGE"
 
 
 class NotFound(ApplianceError):

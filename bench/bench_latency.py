@@ -5,6 +5,8 @@ checks and passage decryption. Writes JSON (default bench/results/latency.json).
 Synthetic chunks: random unit vectors for the dense side (so the dense index does real work),
 sparse vectors from real text drawn from the msmarco passages (cycled), real encrypted payloads,
 and real registry rows (1,000 documents of 100 chunks). Queries are real msmarco queries.
+``--groups N`` spreads the documents over N groups and searches as a reader of all of them (BM25
+statistics are kept per group and summed over the reader's groups at query time).
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ sys.path.insert(0, str(ROOT))
 from appliance.rag.beir import load_beir  # noqa: E402
 from appliance.rag.metrics import summarise  # noqa: E402
 from appliance.rag.retrieve import Retriever  # noqa: E402
+from ingest.bm25_stats import TermCounts  # noqa: E402
 from ingest.embed import Embedder  # noqa: E402
-from ingest.registry import Registry, TermCounts  # noqa: E402
+from ingest.registry import Registry  # noqa: E402
 from ingest.schema import ChunkRecord, PassageText, seal_passage  # noqa: E402
 from ingest.sparse import Bm25Params, TermHasher, analyze, doc_term_freqs, doc_vector  # noqa: E402
 from ingest.store import ChunkStore  # noqa: E402
@@ -38,7 +41,13 @@ from secure.records import RecordCipher  # noqa: E402
 DATA = ROOT.parent / "shared" / "data" / "msmarco-subset"
 
 
-def build(workdir: Path, n_chunks: int, per_doc: int, embedder: Embedder) -> Retriever:
+def group_names(n: int) -> list[str]:
+    return ["bench"] if n == 1 else [f"g{i}" for i in range(n)]
+
+
+def build(
+    workdir: Path, n_chunks: int, per_doc: int, embedder: Embedder, groups: list[str]
+) -> Retriever:
     data = load_beir(DATA)
     texts = [p.full_text for p in data.passages]
     hasher, cipher = TermHasher(os.urandom(32)), RecordCipher(os.urandom(32), context="bench")
@@ -50,10 +59,11 @@ def build(workdir: Path, n_chunks: int, per_doc: int, embedder: Embedder) -> Ret
     tfs = [doc_term_freqs(analyze(t), hasher) for t in texts]
     avgdl = sum(sum(tf.values()) for tf in tfs) / len(tfs)
     for d in range(n_chunks // per_doc):
+        group = groups[d % len(groups)]
         doc_id, version = registry.begin_version(
             source="bench",
             rel_path=f"doc-{d}.txt",
-            group="bench",
+            group=group,
             content_hmac=f"{d:064x}",
             size=1,
             fmt=".txt",
@@ -72,7 +82,7 @@ def build(workdir: Path, n_chunks: int, per_doc: int, embedder: Embedder) -> Ret
                     id=cid,
                     doc_id=doc_id,
                     version=version,
-                    groups=("bench",),
+                    groups=(group,),
                     page=-1,
                     kind="text",
                     language="en",
@@ -108,25 +118,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--groups", type=int, default=1, help="groups the documents spread over")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latency.json")
     args = parser.parse_args()
     embedder = Embedder.load("bundled")
     workdir = Path(tempfile.mkdtemp(prefix="kapp-lat-"))
     try:
         t0 = time.perf_counter()
-        retriever = build(workdir, args.chunks, 100, embedder)
+        groups = group_names(args.groups)
+        retriever = build(workdir, args.chunks, 100, embedder, groups)
         build_s = time.perf_counter() - t0
         queries = list(load_beir(DATA).queries.values())
         random.Random(0).shuffle(queries)
         sample = (queries * (args.queries // len(queries) + 1))[: args.queries]
         for q in sample[:10]:  # warm-up
-            retriever.search(q, groups=["bench"], limit=8)
+            retriever.search(q, groups=groups, limit=8)
         results = {}
         for mode in ("hybrid", "dense", "sparse"):
             totals, parts = [], {"dense_ms": [], "sparse_ms": [], "fuse_ms": [], "decrypt_ms": []}
             for q in sample:
                 start = time.perf_counter()
-                r = retriever.search(q, groups=["bench"], limit=8, mode=mode)  # type: ignore[arg-type]
+                r = retriever.search(q, groups=groups, limit=8, mode=mode)  # type: ignore[arg-type]
                 totals.append((time.perf_counter() - start) * 1000)
                 for k in parts:
                     parts[k].append(r.timings_ms.get(k, 0.0))
@@ -142,6 +154,7 @@ def main() -> None:
         out = {
             "chunks": retriever.store.count(),
             "queries": len(sample),
+            "groups": len(groups),
             "build_seconds": round(build_s, 1),
             "results": results,
             "query_embedding": {k: round(v, 2) for k, v in summarise(t_embed).items()},

@@ -326,7 +326,7 @@ class Pipeline:
                 version,
                 candidate.group,
                 prepared,
-                corpus=self.registry.corpus(),
+                corpus=self.registry.corpus([candidate.group]),
                 cipher=self.cipher,
                 bm25=self.options.bm25,
             )

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from secure.records import RecordCipher
 
+from .bm25_stats import TermCounts
 from .chunk import Chunk
 from .jobs import Prepared
-from .registry import TermCounts
 from .schema import PassageText, seal_passage
 from .sparse import Bm25Params, doc_vector
 from .store import ChunkRecord
@@ -23,7 +23,8 @@ def build_records(
     cipher: RecordCipher,
     bm25: Bm25Params,
 ) -> tuple[list[ChunkRecord], TermCounts]:
-    """``corpus``: (documents, total length) already indexed, for BM25's average length."""
+    """``corpus``: (chunks, total length) already indexed in ``group``, for BM25's average
+    length (the group's own: a weight never depends on another group's documents)."""
     tfs = prepared.tfs
     lengths = [sum(tf.values()) for tf in tfs]
     n_docs, total = corpus

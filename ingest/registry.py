@@ -5,7 +5,8 @@ the registry says which version of each document is current. Every change is one
 transaction, and the ingestion protocol (see `ingest/pipeline.py`) orders its steps so that a
 `kill -9` anywhere leaves either the old or the new version current, never neither: a version is
 first recorded as ``indexing``, its chunks are written, then one transaction makes it current
-and moves the BM25 statistics. :meth:`Registry.unfinished` lists what a crash left behind.
+and moves the BM25 statistics (kept per group, see `ingest/bm25_stats.py`).
+:meth:`Registry.unfinished` lists what a crash left behind.
 
 File names and groups are stored in clear (admins list them); content hashes are keyed HMACs so
 the registry cannot confirm a guessed document; document titles are stored encrypted by the caller.
@@ -19,13 +20,14 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
-from array import array
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import bm25_stats
+from .bm25_stats import TermCounts
 from .errors import IngestError
 from .reasons import reason_message
 from .registry_upgrade import upgrade
@@ -69,9 +71,6 @@ CREATE TABLE IF NOT EXISTS versions (
     created_at REAL NOT NULL,
     PRIMARY KEY (doc_id, version)
 );
-CREATE TABLE IF NOT EXISTS bm25_df (term INTEGER PRIMARY KEY, df INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS bm25_corpus (id INTEGER PRIMARY KEY CHECK (id = 1),
-    n_docs INTEGER NOT NULL, total_len INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY, kind TEXT NOT NULL, started_at REAL NOT NULL, finished_at REAL,
     status TEXT NOT NULL, counts TEXT NOT NULL DEFAULT '{}');
@@ -79,7 +78,6 @@ CREATE TABLE IF NOT EXISTS job_files (
     job_id TEXT NOT NULL, doc_id TEXT, rel_path TEXT NOT NULL, outcome TEXT NOT NULL,
     reason TEXT NOT NULL DEFAULT '', stages TEXT NOT NULL DEFAULT '{}', at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS job_files_job ON job_files(job_id);
-INSERT OR IGNORE INTO bm25_corpus (id, n_docs, total_len) VALUES (1, 0, 0);
 """
 
 
@@ -131,27 +129,6 @@ class Document:
 
 
 @dataclass(frozen=True)
-class TermCounts:
-    """What one version adds to the BM25 statistics: chunks, total length, chunk df per term."""
-
-    chunks: int
-    total_len: int
-    df: Mapping[int, int]
-
-    def pack(self) -> bytes:
-        flat = array("I")
-        for term, count in sorted(self.df.items()):
-            flat.extend((term, count))
-        return flat.tobytes()
-
-    @classmethod
-    def unpack(cls, chunks: int, total_len: int, blob: bytes | None) -> TermCounts:
-        flat = array("I")
-        flat.frombytes(blob or b"")
-        return cls(chunks, total_len, dict(zip(flat[0::2], flat[1::2], strict=True)))
-
-
-@dataclass(frozen=True)
 class Unfinished:
     doc_id: str
     version: int
@@ -167,7 +144,7 @@ class Registry:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             found = upgrade(db, SCHEMA_VERSION)
-            db.executescript(_SCHEMA)
+            db.executescript(_SCHEMA + bm25_stats.SCHEMA)
             if found is None:
                 db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             elif found != SCHEMA_VERSION:
@@ -177,6 +154,10 @@ class Registry:
                     code="registry-schema",
                     hint="Upgrade the appliance or restore the matching version.",
                 )
+            migrate = not bm25_stats.per_group(db)
+        if migrate:
+            with self._tx() as db:
+                bm25_stats.use_per_group(db)
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -306,9 +287,10 @@ class Registry:
                 "WHERE doc_id=? AND status='indexed'",
                 (doc_id,),
             ).fetchall()
+            group = _group_of(db, doc_id)
             for row in old:
-                _apply(db, TermCounts.unpack(row["chunks"], row["total_len"], row["terms"]), -1)
-            _apply(db, counts, +1)
+                _apply(db, group, row, -1)
+            bm25_stats.apply(db, group, counts, +1)
             db.execute(
                 "UPDATE versions SET status='superseded' WHERE doc_id=? AND status='indexed'",
                 (doc_id,),
@@ -394,7 +376,7 @@ class Registry:
             rows = db.execute("SELECT * FROM versions WHERE doc_id=?", (doc_id,)).fetchall()
             for row in rows:
                 if row["status"] == "indexed":
-                    _apply(db, TermCounts.unpack(row["chunks"], row["total_len"], row["terms"]), -1)
+                    _apply(db, _group_of(db, doc_id), row, -1)
             db.execute(
                 "UPDATE versions SET status='abandoned' WHERE doc_id=? AND status IN "
                 "('indexed', 'indexing')",
@@ -468,23 +450,27 @@ class Registry:
             ).fetchall()
         return {r["doc_id"]: Document.from_row(r) for r in rows}
 
-    # ----- BM25 statistics --------------------------------------------------------------------
-    def corpus(self) -> tuple[int, int]:
+    # ----- BM25 statistics (per group: ingest/bm25_stats.py) -----------------------------------
+    def corpus(self, groups: Iterable[str] | None = None) -> tuple[int, int]:
+        """(chunks, total length) indexed in ``groups`` (every group when None)."""
         with self._db() as db:
-            row = db.execute("SELECT n_docs, total_len FROM bm25_corpus WHERE id=1").fetchone()
-        return int(row[0]), int(row[1])
+            return bm25_stats.corpus(db, groups)
 
-    def document_frequencies(self, terms: Iterable[int]) -> dict[int, int]:
-        wanted = sorted(set(terms))
-        if not wanted:
-            return {}
+    def document_frequencies(
+        self, terms: Iterable[int], groups: Iterable[str] | None = None
+    ) -> dict[int, int]:
+        """Term id -> chunks in ``groups`` (every group when None) that contain it."""
         with self._db() as db:
-            rows = db.execute(
-                f"SELECT term, df FROM bm25_df WHERE term IN "  # noqa: S608
-                f"({','.join('?' * len(wanted))})",
-                wanted,
-            ).fetchall()
-        return {int(r[0]): int(r[1]) for r in rows}
+            return bm25_stats.frequencies(db, terms, groups)
+
+    def query_stats(
+        self, terms: Iterable[int], groups: Iterable[str]
+    ) -> tuple[int, dict[int, int]]:
+        """What a query by a reader of ``groups`` may weigh terms with: (chunks, term id ->
+        chunks containing it), over those groups only, from one snapshot."""
+        groups = sorted(set(groups))
+        with self._db() as db:
+            return bm25_stats.corpus(db, groups)[0], bm25_stats.frequencies(db, terms, groups)
 
     # ----- jobs -------------------------------------------------------------------------------
     def start_job(self, kind: str, *, now: float | None = None) -> str:
@@ -576,16 +562,11 @@ def _insert_document(
     return doc_id
 
 
-def _apply(db: sqlite3.Connection, counts: TermCounts, sign: int) -> None:
-    db.execute(
-        "UPDATE bm25_corpus SET n_docs = n_docs + ?, total_len = total_len + ? WHERE id=1",
-        (sign * counts.chunks, sign * counts.total_len),
-    )
-    rows = [(term, sign * n) for term, n in counts.df.items()]
-    db.executemany(
-        "INSERT INTO bm25_df (term, df) VALUES (?, ?) ON CONFLICT(term) DO UPDATE "
-        "SET df = df + excluded.df",
-        rows,
-    )
-    if sign < 0:
-        db.execute("DELETE FROM bm25_df WHERE df <= 0")
+def _group_of(db: sqlite3.Connection, doc_id: str) -> str:
+    row = db.execute("SELECT group_name FROM documents WHERE doc_id=?", (doc_id,)).fetchone()
+    return str(row[0])
+
+
+def _apply(db: sqlite3.Connection, group: str, version: sqlite3.Row, sign: int) -> None:
+    counts = TermCounts.unpack(version["chunks"], version["total_len"], version["terms"])
+    bm25_stats.apply(db, group, counts, sign)

@@ -8,10 +8,11 @@ own BM25 (``knowhere`` + ``BM25Stats.BuildIDF``):
 * document side: ``tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / avgdl))`` per term, stored in
   a sparse field searched with the ``IP`` metric;
 * query side: ``count_in_query * ln(1 + (N - df + 0.5) / (df + 0.5))`` per term, with ``N`` and
-  ``df`` from :class:`CorpusStats`, which the registry keeps (repeated query terms add, as in
-  Milvus, whose query vector holds term counts).
+  ``df`` summed over the groups the asking user may read (the registry keeps them per group,
+  `ingest/bm25_stats.py`; :class:`CorpusStats` is the same in memory for benchmarks); repeated
+  query terms add, as in Milvus, whose query vector holds term counts.
 
-Because document weights use ``avgdl`` at ingest time, they drift as the corpus grows; the
+Because document weights use their group's ``avgdl`` at ingest time, they drift as it grows; the
 registry may re-weight when ``avgdl`` has moved far (the ranking impact of small drift is nil).
 
 The analyzer (:func:`analyze`) follows Milvus' ``english`` analyzer for non-Han text (words of

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from .. import __version__
 from .chat import router as chat_router
 from .errors import install_handlers
+from .guard import ApiGuard
 from .limits import Limiter
 from .routes import router as routes_router
 
@@ -28,6 +29,7 @@ def create_app(runtime: Any) -> FastAPI:
         concurrent=s.max_concurrent, queue=s.queue_size, queue_timeout_s=s.queue_timeout_s
     )
     install_handlers(app)
+    app.add_middleware(ApiGuard, max_body_bytes=s.max_body_kb * 1024)
     app.include_router(chat_router)
     app.include_router(routes_router)
     return app

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InvalidInput
-from ..rag.answer import Answer, AnswerEvent
+from ..rag.answer import MAX_QUESTION_CHARS, Answer, AnswerEvent
 from ..users import User
 from .auth import CurrentUser
 from .errors import error_body, status_of
@@ -65,6 +65,33 @@ def split_messages(messages: list[Message]) -> tuple[str, list[tuple[str, str]]]
     return messages[-1].text(), history
 
 
+def check_messages(messages: list[Message], *, max_messages: int, max_chars: int) -> None:
+    """400 with the offending ``param`` when a request carries too many or too long messages."""
+    if len(messages) > max_messages:
+        raise InvalidInput(
+            f"The request has {len(messages)} messages; the limit is {max_messages}.",
+            code="TOO_MANY_MESSAGES",
+            param="messages",
+            hint="Send fewer earlier turns (the limit is the setting serve.max_messages).",
+        )
+    for i, message in enumerate(messages):
+        chars = len(message.text())
+        if chars > max_chars:
+            raise InvalidInput(
+                f"Message {i} has {chars} characters; the limit is {max_chars}.",
+                code="MESSAGE_TOO_LONG",
+                param=f"messages[{i}].content",
+                hint="Shorten it (the limit is the setting serve.max_message_chars).",
+            )
+    if len(messages[-1].text()) > MAX_QUESTION_CHARS:
+        raise InvalidInput(
+            f"The question has more than {MAX_QUESTION_CHARS} characters.",
+            code="QUESTION_TOO_LONG",
+            param=f"messages[{len(messages) - 1}].content",
+            hint="Shorten the question (the last message).",
+        )
+
+
 def engine_kwargs(body: ChatRequest, user: User) -> dict[str, Any]:
     question, history = split_messages(body.messages)
     name = body.model.strip()
@@ -89,6 +116,10 @@ async def chat_completions(
     body: ChatRequest, request: Request, user: CurrentUser
 ) -> JSONResponse | StreamingResponse:
     runtime = request.app.state.runtime
+    limits = runtime.settings.serve
+    check_messages(
+        body.messages, max_messages=limits.max_messages, max_chars=limits.max_message_chars
+    )
     kwargs = engine_kwargs(body, user)
     if body.stream:
         return await _streaming(request, runtime, kwargs)

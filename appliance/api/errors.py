@@ -22,6 +22,7 @@ from ..errors import (
     ModelUnavailable,
     NotFound,
     Overloaded,
+    TooLarge,
     UsageError,
     is_user_facing,
 )
@@ -35,6 +36,7 @@ STATUS: list[tuple[type[Exception], int, str]] = [
     (Overloaded, 429, "rate_limit_error"),
     (ModelUnavailable, 503, "model_unavailable"),
     (Cancelled, 408, "timeout_error"),
+    (TooLarge, 413, "invalid_request_error"),
     (InvalidInput, 400, "invalid_request_error"),
     (UsageError, 400, "invalid_request_error"),
 ]
@@ -64,6 +66,9 @@ def to_response(exc: ApplianceError | SecureError | IngestError) -> JSONResponse
         message, hint = INTERNAL_MESSAGE.format(code=exc.code), ""
     if hint:
         extra["hint"] = hint
+    param = getattr(exc, "param", None)
+    if param:
+        extra["param"] = param
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     headers = {"Retry-After": "5"} if status == 429 else headers
     body = error_body(message, type_=type_, code=exc.code, **extra)
@@ -75,17 +80,26 @@ def install_handlers(app: Any) -> None:
         return to_response(exc)  # type: ignore[arg-type]
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        errors = exc.errors()  # type: ignore[attr-defined]
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}"
-            for e in exc.errors()  # type: ignore[attr-defined]
+            f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in errors
         )
-        return JSONResponse(
-            error_body(
-                f"Invalid request: {problems}", type_="invalid_request_error", code="INVALID_INPUT"
-            ),
-            status_code=400,
+        body = error_body(
+            f"Invalid request: {problems}", type_="invalid_request_error", code="INVALID_INPUT"
         )
+        body["error"]["param"] = _param(errors[0]) if errors else None
+        return JSONResponse(body, status_code=400)
 
     for cls in (ApplianceError, SecureError, IngestError):
         app.add_exception_handler(cls, appliance_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+
+
+def _param(error: dict[str, Any]) -> str | None:
+    """The field a validation error is about, as OpenAI writes it (``messages[0].content``)."""
+    if error.get("type") == "json_invalid":
+        return None  # its "location" is a character offset
+    out = ""
+    for part in error["loc"][1:]:
+        out += f"[{part}]" if isinstance(part, int) else f"{'.' if out else ''}{part}"
+    return out or None

@@ -3,7 +3,11 @@
 Used when no model is unlocked (or a model was refused). No model and no I/O: passages are cut
 into units, each unit is scored against the question, the best few are shown in document order.
 
-* **Units**: prose is split into sentences (English ``.!?`` and Chinese ``。！？；``, via
+* **Units**: each line of a passage goes through the same filter as generated text
+  (:func:`~appliance.rag.cite.validate`, with no sources: a document's own ``[2]`` or
+  ``【1】`` is not a citation of ours and goes, links become their text, tags are stripped,
+  addresses are defanged), so the only citations are the ones added here. Prose is split into
+  sentences (English ``.!?`` and Chinese ``。！？；``, via
   :func:`ingest.textsplit.split_sentences`); each list item and each table row is one unit, a
   table row shown with its header (``City: Oslo; Rate (EUR): 145``), header and separator rows
   are not units of their own.
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 from ingest.sparse import analyze, idf
 from ingest.textsplit import split_sentences
 
+from .cite import validate
 from .prompt import NOT_FOUND_TEXT
 from .retrieve import Passage
 
@@ -96,6 +101,7 @@ def _units(source: int, text: str) -> list[_Unit]:
     pieces: list[tuple[str, str]] = []
     header: list[str] | None = None
     for line in text.splitlines():
+        line = _neutral(line)
         row = _TABLE_ROW.match(line)
         if row is None:
             header = None
@@ -112,6 +118,12 @@ def _units(source: int, text: str) -> list[_Unit]:
         if terms:
             units.append(_Unit(source, len(units), _shorten(piece), kind, terms))
     return units
+
+
+def _neutral(line: str) -> str:
+    """``line`` as the citation filter shows generated text that cites nothing: quoted
+    markers, links, tags and addresses cannot pass for the engine's citations or live links."""
+    return validate(line, 0)[0]
 
 
 def _line_units(line: str) -> list[tuple[str, str]]:

@@ -145,8 +145,9 @@ class Retriever:
         if not tokens:
             return []
         ids = {self.hasher.term_id(t) for t in tokens}
-        df = self.registry.document_frequencies(ids)
-        n_docs, _ = self.registry.corpus()
+        # N and df over the groups this user may read only: other groups' documents must not
+        # shift term weights (they would tell whether a word occurs there)
+        n_docs, df = self.registry.query_stats(ids, groups)
         vector = query_vector(tokens, self.hasher, df=df, n_docs=n_docs)
         vector = {t: w for t, w in vector.items() if w > 0 and t in df}
         if not vector:

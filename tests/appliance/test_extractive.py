@@ -108,3 +108,26 @@ def test_sentence_budget_is_respected() -> None:
     for n in (1, 2, 3):
         answer = extractive_answer("travel trips EUR rate", HANDBOOK, sentences=n, language="en")
         assert 1 <= sum(answer.text.count(f"[{k}]") for k in (1, 2, 3)) <= n
+
+
+def test_quoted_markers_links_and_tags_are_neutralised_like_generated_text() -> None:
+    """A document's own ``[2]``, links and tags are not the engine's citations (review 12.11)."""
+    passages = [
+        passage(
+            0,
+            "Travel rules: see [2] and [click](http://evil.example/), <b>www.evil.example</b>, "
+            "【3】 or ![x](https://evil.example/p.png) before you book.",
+        ),
+        passage(1, "Travel rules: meals are paid per day."),
+        passage(2, "Parking is free."),
+    ]
+    answer = extractive_answer("travel rules", passages, sentences=3, language="en")
+    assert answer.text == (
+        "Travel rules: see and click, www[.]evil[.]example, or x before you book [1]. "
+        "Travel rules: meals are paid per day [2]."
+    )
+    assert answer.cited == [1, 2]
+    # the markers left are exactly the engine's own, one per quoted unit
+    assert validate(answer.text, len(passages)) == (answer.text, answer.cited)
+    for quoted in ("[2] and", "【3】", "](", "http", "<b>", "evil.example"):
+        assert quoted not in answer.text
