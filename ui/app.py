@@ -101,10 +101,10 @@ def build_blocks(ctx: UiContext, labels: gr.I18n) -> gr.Blocks:
     return blocks
 
 
-def _refused(ctx: UiContext, scope: Any, raw: str) -> None:
+def _refused(ctx: UiContext, scope: Any, raw: str, reason: str) -> None:
     from starlette.requests import Request
 
-    ctx.refuse_file(Request(scope).cookies, raw, route=str(scope.get("path", "")))
+    ctx.refuse_file(Request(scope).cookies, raw, route=str(scope.get("path", "")), reason=reason)
 
 
 def _invalid_session(ctx: UiContext, client: str, route: str, count: int) -> None:
@@ -153,7 +153,7 @@ def mount_ui(app: FastAPI, runtime: Any) -> None:
     app.add_middleware(LoginRedirect, ctx=ctx)
     app.add_middleware(PageGuard, ctx=ctx)
     app.add_middleware(
-        FileGuard, cache=cache.path, audit=lambda scope, raw: _refused(ctx, scope, raw)
+        FileGuard, cache=cache.path, audit=lambda scope, raw, why: _refused(ctx, scope, raw, why)
     )
     app.add_middleware(
         SessionGate,

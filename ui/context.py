@@ -150,8 +150,11 @@ class UiContext:
             raise refusal
         return user
 
-    def refuse_file(self, cookies: Any, raw: str, *, route: str) -> None:
-        """Audit a refused client-named file path (``access.denied``, reason UPLOAD_PATH)."""
+    def refuse_file(
+        self, cookies: Any, raw: str, *, route: str, reason: str = "UPLOAD_PATH"
+    ) -> None:
+        """Audit a refused event body: a client-named file path (``access.denied``, reason
+        UPLOAD_PATH) or one too large (BODY_TOO_LARGE)."""
         name = self.session_name(cookies)
         audit = self.runtime.app.secure
         audit.record(
@@ -160,7 +163,7 @@ class UiContext:
             now=self.now(),
             object=audit.audit.protect(str(raw)[:512]),
             outcome="refused",
-            reason="UPLOAD_PATH",
+            reason=reason,
             details={"route": route[:128]},
         )
 

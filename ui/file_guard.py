@@ -11,7 +11,8 @@ middleware in front of the Gradio app reads each event body (capped) and refuses
 Gradio sees it, if any object in it names a ``path`` that is a URL or does not resolve (links
 followed) to a regular file inside the upload cache. Refusals are audited as ``access.denied``
 (reason ``UPLOAD_PATH``) with the user of the session cookie, and answered 403 with a generic
-message. :func:`checked_upload` repeats the check where the upload handler takes a path, so the
+message; a body over :data:`MAX_EVENT_BODY` is refused 413 and audited (``BODY_TOO_LARGE``).
+:func:`checked_upload` repeats the check where the upload handler takes a path, so the
 appliance never copies a file from outside the cache even if the framework changes.
 """
 
@@ -24,9 +25,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import Forbidden
+from appliance.asgi import read_body, replay
+from appliance.errors import Forbidden, TooLarge
 
-MAX_EVENT_BODY = 4 * 2**20  # an event carries a question and small values, never file bytes
+MAX_EVENT_BODY = 2**20  # an event carries a question and small values, never file bytes
 UPLOAD_ROUTE = "/gradio_api/upload"
 # Our own routes take no FileData; everything else POSTed goes to Gradio.
 OWN_ROUTES = ("/login", "/logout", "/v1/", "/ui/")
@@ -34,7 +36,8 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 REASON = "UPLOAD_PATH"
 MESSAGE = "Only files uploaded through this page can be submitted."
 
-Audit = Callable[[dict[str, Any], str], None]  # (ASGI scope, offending path) -> records it
+# (ASGI scope, offending path or "", reason) -> records the refusal
+Audit = Callable[[dict[str, Any], str, str], None]
 
 
 def cached_file(raw: object, cache: Path) -> Path | None:
@@ -82,16 +85,20 @@ class FileGuard:
         if not _guarded(scope):
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive, MAX_EVENT_BODY)
-        if body is None:
+        try:
+            body = await read_body(receive, MAX_EVENT_BODY)
+        except TooLarge:
+            self.audit(scope, "", TooLarge.code)
             await _reply(send, 413, "The request is too large.")
             return
+        if body is None:
+            return  # the client went away
         bad = self._offending(body)
         if bad is not None:
-            self.audit(scope, bad)
+            self.audit(scope, bad, REASON)
             await _reply(send, 403, MESSAGE)
             return
-        await self.app(scope, _replay(body, receive), send)
+        await self.app(scope, replay(body, receive), send)
 
     def _offending(self, body: bytes) -> str | None:
         if not body.strip():
@@ -111,36 +118,6 @@ def _guarded(scope: Any) -> bool:
         return False
     path = str(scope.get("path", ""))
     return path.rstrip("/") != UPLOAD_ROUTE and not path.startswith(OWN_ROUTES)
-
-
-async def _read_body(receive: Any, limit: int) -> bytes | None:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Any) -> Any:
-    sent = False
-
-    async def replayed() -> Any:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replayed
 
 
 async def _reply(send: Any, status: int, message: str) -> None:

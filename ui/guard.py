@@ -22,7 +22,8 @@ from urllib.parse import parse_qs, urlsplit
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from appliance.errors import ApplianceError, AuthError
+from appliance.asgi import read_body, replay
+from appliance.errors import ApplianceError, AuthError, TooLarge
 from appliance.sessions import COOKIE_NAME
 
 from .context import UiContext
@@ -152,41 +153,16 @@ async def _page_of(scope: Any, receive: Any) -> tuple[bool, str | None, Any]:
         return True, path.removeprefix("/gradio_api/heartbeat/").strip("/") or None, receive
     if path.rstrip("/") not in HASH_IN_BODY or scope["method"] != "POST":
         return False, None, receive
-    body = await _read_body(receive)
+    try:
+        body = await read_body(receive, MAX_BODY) or b""
+    except TooLarge:
+        body = b""  # no session hash found: refused 400 (FileGuard, outside, answers 413 first)
     try:
         data = json.loads(body) if body else {}
     except ValueError:
         data = {}
     page = data.get("session_hash") if isinstance(data, dict) else None
-    return True, (page if isinstance(page, str) else None), _replay(body, receive)
-
-
-async def _read_body(receive: Any) -> bytes:
-    chunks, size, more = [], 0, True
-    while more:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            return b""  # no session hash found: refused 400
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Any) -> Any:
-    sent = False
-
-    async def replay() -> Any:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
+    return True, (page if isinstance(page, str) else None), replay(body, receive)
 
 
 def _refuse(status: int, message: str) -> JSONResponse:

@@ -248,6 +248,8 @@ ZH: dict[str, str] = {
     "--details` 查看详细信息并报告。",
     "reason.interrupted": "索引被中断（一体机已停止）；下次处理时会重试该文件。",
     "reason.not-picked-up": "处理时未找到该文件（已被移动或替换）。请重新上传。",
+    "reason.symlink": "该文件、其所在的某个文件夹或其隔离文件夹 drop/_failed/<组> 是符号链接；"
+    "投放文件夹中的链接从不跟随。请用文件或文件夹本身替换该链接。",
 }
 
 TABLES = {"en": EN, "zh": ZH}

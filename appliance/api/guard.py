@@ -21,11 +21,12 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ingest.errors import IngestError
 from secure.errors import SecureError
 
+from ..asgi import read_body, replay, too_large
 from ..errors import ApplianceError, TooLarge
 from ..users import User
 from .auth import USER_KEY, authenticate
@@ -69,42 +70,6 @@ class ApiGuard:
 
 def guarded(path: str) -> bool:
     return (path == PREFIX or path.startswith(PREFIX + "/")) and path not in OPEN_PATHS
-
-
-async def read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole body, or None when the client disconnects; :class:`TooLarge` as soon as more
-    than ``limit`` bytes arrived."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def replay(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that gives the body read already, then the server's own messages (so
-    disconnects are still seen while an answer streams)."""
-    pending = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def again() -> Message:
-        return pending.pop() if pending else await receive()
-
-    return again
-
-
-def too_large(limit: int) -> TooLarge:
-    return TooLarge(
-        f"The request body is larger than {limit // 1024} KiB.",
-        hint="Send fewer or shorter messages; the limit is the setting serve.max_body_kb.",
-    )
 
 
 def _audit_too_large(request: Request, user: User) -> None:

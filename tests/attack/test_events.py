@@ -24,6 +24,7 @@ LEAKS = (HR_CANARY, "hana", "appraisal code word", HANA_QUESTION, "line manager"
 # session was never offered) before any handler runs: nothing reached the appliance to audit.
 FRAMEWORK_REFUSAL = re.compile(r"not in the list of choices|Too many arguments|Cannot ")
 BIG = 1_000_000
+ANOTHER_PAGE = "belongs to another sign-in"
 
 
 def _events(target: Target) -> list[Event]:
@@ -48,8 +49,16 @@ def _check(target: Target, event: Event, outcome: Outcome, before: int) -> None:
     text = outcome.text() + str(outcome.output)
     assert not [s for s in LEAKS if s in text], (event, [s for s in LEAKS if s in text])
     refused = outcome.status != 200 or outcome.error is not None
-    if refused and not FRAMEWORK_REFUSAL.search(outcome.error or ""):
-        assert target.refusals() > before, f"{event.api_name} refused without audit: {outcome}"
+    if not refused or FRAMEWORK_REFUSAL.search(outcome.error or ""):
+        return
+    if ANOTHER_PAGE in (outcome.error or ""):  # audited once per page and login, not per try
+        assert _audited(target, "user:fred", "SESSION_HASH_MISMATCH"), outcome
+        return
+    assert target.refusals() > before, f"{event.api_name} refused without audit: {outcome}"
+
+
+def _audited(target: Target, actor: str, reason: str) -> bool:
+    return any(e.actor == actor and e.reason == reason for e in target.audit.tail(1_000_000))
 
 
 def _attack(target: Target, who: Principal, event: Event, data: list[Any], **kw: Any) -> None:

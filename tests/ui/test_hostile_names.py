@@ -191,7 +191,7 @@ def test_admins_read_the_detail_on_demand_and_it_is_audited(world: UiWorld, ctx:
     pane = failure_details_html(ctx, "en", target, actor="user:root")
     assert CANARY in plain(pane) and SHORT_LINK in plain(pane)
     png = failure_details_html(ctx, "en", doc_id(world, "scan.png"), actor="user:root")
-    assert str(world.settings.drop_dir) in plain(png)  # the path, for the admin only
+    assert "scan.png" in plain(png)  # the file's path (as the parser saw it), for the admin only
     audited = [e for e in world.app.secure.audit.tail(10) if e.action == "document.details"]
     assert [e.object for e in audited[-3:]] == [target, target, doc_id(world, "scan.png")]
     assert audited[-2].actor == "user:root"

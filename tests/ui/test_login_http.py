@@ -16,6 +16,7 @@ import pytest
 
 from appliance.login_guard import DEVICE_COOKIE
 from appliance.sessions import COOKIE_NAME
+from tests.support.webui import csrf_token
 from tests.ui.kit import PASSWORD, UiWorld, build
 
 GENERIC = "The user name or password is wrong."
@@ -44,9 +45,10 @@ def post_login(
 ) -> httpx.Response:
     own = client or httpx.Client(base_url=url)
     try:
+        form = own.get("/login", headers={"X-Forwarded-For": address})  # its CSRF token
         return own.post(
             "/login",
-            data={"username": name, "password": password},
+            data={"username": name, "password": password, "csrf": csrf_token(form.text)},
             headers={"X-Forwarded-For": address},
             follow_redirects=False,
         )
@@ -89,7 +91,8 @@ def test_every_failure_is_the_same_response(served: tuple[str, UiWorld]) -> None
     assert len({page(r) for r in responses}) == 1
     assert GENERIC.encode() in responses[0].content
     for r in responses:
-        assert "set-cookie" not in r.headers
+        set_cookies = r.headers.get_list("set-cookie")  # only the form's fresh CSRF token
+        assert all(c.startswith("kapp_login_csrf=") for c in set_cookies), set_cookies
         assert r.headers["cache-control"] == "no-store"
     assert reasons(world, start) == [
         ("user:nobody", "refused", "UNKNOWN_USER"),

@@ -113,5 +113,5 @@ def test_idle_sessions_end_and_polls_do_not_keep_them(world: UiWorld, app: Any) 
             assert page.call(tick, []).completed["success"]  # the upload table's poll
         clock.offset += 6 * 60  # 31 minutes after the last activity, 6 after the last poll
         ended = page.call(refresh, [])
-        assert ended.status == 401 and "session has ended" in ended.raw
+        assert ended.status == 401 and "session has ended" in ended.raw.lower()
         assert client.get("/").headers["location"] == "/login?ended=1"
