@@ -20,6 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from secure.clock import DEFAULT_SKEW, MAX_SKEW
+
 from .errors import ConfigError
 
 SETTINGS_FILE = "appliance.toml"
@@ -39,13 +41,17 @@ class SecuritySettings(_Section):
     host_factors_required: int = Field(
         0,
         ge=0,
-        description="how many hashed host factors must match (k of n); 0 means the policy's own "
-        "k (the issuer's default: all but one of three or more factors)",
+        description="at least this many hashed host factors must match; it can only raise the "
+        "k a policy was signed with, never lower it (0 = the policy's own k)",
     )
     clock_skew_s: int = Field(
-        300,
+        DEFAULT_SKEW,
         ge=0,
-        description="allowed backwards clock skew against the trusted-time high-water mark",
+        le=MAX_SKEW,
+        description=f"allowed backwards clock skew (seconds) against the trusted-time high-water "
+        f"mark and a policy's issue time; at most {MAX_SKEW} (an hour covers NTP-less clock drift "
+        "and a daylight-saving mistake; more would let a clock set back by days pass the "
+        "rollback checks)",
     )
     question_logging: Literal["hmac", "plain", "none"] = Field(
         "hmac",

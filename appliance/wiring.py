@@ -41,7 +41,7 @@ class Appliance:
         return ModelStore(
             self.secure,
             skew_s=self.settings.security.clock_skew_s,
-            host_k=self.settings.security.host_factors_required,
+            host_k_min=self.settings.security.host_factors_required,
         )
 
     @cached_property

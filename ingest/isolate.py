@@ -10,6 +10,11 @@ Children come from a ``forkserver`` that has imported the parsers once (``ingest
 forking a clean single-threaded server costs milliseconds, where a fresh interpreter would pay
 seconds of imports per file, and forking the (threaded) caller itself would be unsafe.
 
+Neither the fork server nor a child inherits the caller's environment: the server starts with
+the minimal one of ``ingest.child_env`` (and a private ``HOME``), and each child replaces its
+environment again with a ``HOME`` and ``TMPDIR`` in its scratch directory, so LibreOffice,
+Tesseract and pandoc started from it see no secret of the appliance.
+
 :func:`parse_and_chunk_isolated` also chunks the document in the child (``ingest.prechunk``),
 so that the caller's process is left with embedding; the chunking gets a time limit of its own
 (the parse limit again, counted from the end of the parse).
@@ -22,20 +27,24 @@ and for the converters it starts), whatever the name in the drop folder points t
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from ingest.child_env import child_environment, exec_environment, replace_environ
 from ingest.elements import ParsedDocument
 from ingest.errors import DependencyMissing, IngestError, Rejected
 from ingest.parse import ParseLimits, parse_file
@@ -58,6 +67,8 @@ Parser = Callable[..., ParsedDocument]
 _PRELOAD = ["__main__", "ingest._parse_preload"]
 KILL_GRACE_S = 5.0
 STARTUP_TIMEOUT_S = 300.0  # a cold forkserver imports the parser stacks once (seconds)
+_SERVER_LOCK = threading.Lock()
+_server_started_by: int | None = None  # the process that started the fork server
 
 
 def parse_isolated(
@@ -148,7 +159,26 @@ def _source_path(source: str | tuple[int, str], scratch: str) -> Path:
 def _context() -> Any:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(_PRELOAD)
+    _start_server()
     return context
+
+
+def _start_server() -> None:
+    """Start the fork server (and multiprocessing's resource tracker) once per process, with
+    a minimal environment and a private ``HOME``, so that neither holds the caller's secrets.
+
+    Should the server die, multiprocessing restarts it with this process's own environment;
+    the children still replace theirs (:func:`_child_main`), so what they start stays minimal.
+    """
+    global _server_started_by
+    with _SERVER_LOCK:
+        if _server_started_by == os.getpid():
+            return
+        home = str(private_scratch("kapp-parse-home-"))
+        atexit.register(shutil.rmtree, home, ignore_errors=True)
+        with exec_environment(child_environment(home=home, TMPDIR=home)):
+            multiprocessing.forkserver.ensure_running()
+        _server_started_by = os.getpid()
 
 
 def _wait(receiver: Connection, timeout_s: float) -> tuple[Any, ...] | None:
@@ -223,7 +253,8 @@ def _child_main(
     if limits.nice > 0:
         os.nice(limits.nice)  # converters and OCR started from here inherit it
     tempfile.tempdir = scratch
-    os.environ["TMPDIR"] = scratch  # for LibreOffice, Tesseract and pandoc too
+    # for LibreOffice, Tesseract and pandoc too: no secret, HOME and TMPDIR in the scratch
+    replace_environ(child_environment(home=scratch, TMPDIR=scratch))
     sender.send(("started",))
     message = _guarded(
         lambda: parser(_source_path(source, scratch), limits=limits), limits, "Parsing"
@@ -292,7 +323,9 @@ def _tesseract_version() -> str:
     if exe is None:
         return ""
     try:
-        done = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            [exe, "--version"], capture_output=True, text=True, timeout=30, env=child_environment()
+        )
     except (OSError, subprocess.TimeoutExpired):
         return ""
     first = (done.stdout or done.stderr).splitlines()

@@ -7,13 +7,13 @@ the parse that started it.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+from ingest.child_env import child_environment
 from ingest.errors import DependencyMissing, Rejected
 from ingest.parse_pdfium import pdfium_available, render_page_pdfium
 from ingest.parse_text import join_cjk_spaces
@@ -36,7 +36,12 @@ def tesseract_languages() -> frozenset[str]:
         return frozenset()
     try:
         done = subprocess.run(
-            [exe, "--list-langs"], capture_output=True, text=True, timeout=30, check=False
+            [exe, "--list-langs"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env=child_environment(),
         )
     except (OSError, subprocess.TimeoutExpired):
         return frozenset()
@@ -86,7 +91,7 @@ def ocr_image(image: Path, languages: str, *, timeout_s: float = OCR_TIMEOUT_S) 
             "Tesseract is not installed.", hint="Install tesseract-ocr to index scans and images."
         )
     cmd = [exe, str(image), "stdout", "-l", languages or "eng", "--psm", "3"]
-    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}  # one parse per core; no oversubscription
+    env = child_environment(OMP_THREAD_LIMIT="1")  # one parse per core; no oversubscription
     try:
         done = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False, env=env)
     except subprocess.TimeoutExpired as exc:
@@ -124,7 +129,12 @@ def convert_with_libreoffice(source: Path, target_ext: str, workdir: Path) -> Pa
     cmd += ["--convert-to", target_ext, "--outdir", str(out), str(source)]
     try:
         done = subprocess.run(
-            cmd, capture_output=True, timeout=CONVERT_TIMEOUT_S, check=False, cwd=out
+            cmd,
+            capture_output=True,
+            timeout=CONVERT_TIMEOUT_S,
+            check=False,
+            cwd=out,
+            env=child_environment(home=str(out)),
         )
     except subprocess.TimeoutExpired as exc:
         raise Rejected("LibreOffice took too long to convert the file.", code="timeout") from exc
@@ -146,7 +156,9 @@ def render_pdf_page(source: Path, number: int, workdir: Path) -> Path:
     if exe is not None:
         cmd = [exe, "-r", str(OCR_DPI), "-gray", "-png", "-singlefile"]
         cmd += ["-f", str(number), "-l", str(number), str(source), str(target)]
-        done = subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+        done = subprocess.run(
+            cmd, capture_output=True, timeout=120, check=False, env=child_environment()
+        )
         png = target.with_suffix(".png")
         if done.returncode == 0 and png.is_file():
             return png

@@ -11,6 +11,11 @@ each with its own reason code:
 
 All boundaries are inclusive for the caller: exactly ``high_water - skew``, exactly
 ``issued_at - skew`` and exactly ``last_signed_at + max_offline`` are accepted.
+
+The skew comes from unsigned local settings, so it is capped at :data:`MAX_SKEW` (one hour): a
+larger value would let a clock set back by days pass both the rollback and the issued-at rule.
+An hour is far beyond the drift of an NTP-synchronised clock and covers a year of free-running
+RTC drift (tens of ppm) or a daylight-saving mistake; a larger value is misuse (``ValueError``).
 Everything takes ``now`` as a parameter; only :func:`wall_clock` reads the real clock.
 """
 
@@ -27,6 +32,7 @@ BEFORE_ISSUED_AT = "BEFORE_ISSUED_AT"
 OFFLINE_TOO_LONG = "OFFLINE_TOO_LONG"
 REASONS = (CLOCK_ROLLBACK, BEFORE_ISSUED_AT, OFFLINE_TOO_LONG)
 DEFAULT_SKEW = 300
+MAX_SKEW = 3600  # seconds; see the module docstring for why an hour
 
 
 class _HighWaterState(Protocol):
@@ -61,8 +67,9 @@ def check_time(
     skew: int = DEFAULT_SKEW,
 ) -> None:
     """Raise :class:`PolicyRefused` with a reason code when ``now`` cannot be trusted."""
-    if skew < 0 or (max_offline is not None and max_offline < 0):
-        raise ValueError("skew and max_offline must not be negative.")
+    check_skew(skew)
+    if max_offline is not None and max_offline < 0:
+        raise ValueError("max_offline must not be negative.")
     if now < high_water - skew:
         raise PolicyRefused(
             f"The clock reads {iso(now)}, earlier than the last trusted time {iso(high_water)}.",
@@ -83,6 +90,16 @@ def check_time(
             code=OFFLINE_TOO_LONG,
             hint="Ask the issuer for a fresh policy, then run `appliance policy install FILE`.",
         )
+
+
+def check_skew(skew: int) -> int:
+    """``skew`` when it is a whole number of seconds from 0 to :data:`MAX_SKEW`; else ValueError.
+
+    Callers that take a skew from settings check it once when they are built (fail at start).
+    """
+    if isinstance(skew, bool) or not isinstance(skew, int) or not 0 <= skew <= MAX_SKEW:
+        raise ValueError(f"skew must be an integer from 0 to {MAX_SKEW} seconds, not {skew!r}.")
+    return skew
 
 
 def advance_high_water(

@@ -103,6 +103,24 @@ def match_host(expected: Mapping[str, str], actual: Mapping[str, str], *, k: int
     )
 
 
+def required_k(signed_k: int, local_min: int) -> int:
+    """The k a host must meet: the policy's signed k, raised (never lowered) by a local minimum.
+
+    ``local_min`` comes from unsigned local settings, so it may only make a policy stricter;
+    one above the number of factors a policy names makes that policy unsatisfiable (refused).
+    """
+    return max(signed_k, check_local_k(local_min))
+
+
+def check_local_k(local_min: int) -> int:
+    """``local_min`` when it is a non-negative integer; else ValueError (misuse)."""
+    if isinstance(local_min, bool) or not isinstance(local_min, int) or local_min < 0:
+        raise ValueError(
+            f"the local host-factor minimum must be an integer >= 0, not {local_min!r}."
+        )
+    return local_min
+
+
 def tpm_present(root: Path = Path("/")) -> bool:
     """Whether a TPM 2.0 character device exists (``/dev/tpmrm0`` or ``/dev/tpm0``)."""
     return any((Path(root) / "dev" / name).exists() for name in ("tpmrm0", "tpm0"))

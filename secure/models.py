@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._encoding import atomic_write
+from .clock import DEFAULT_SKEW, check_skew
 from .errors import FormatError, PolicyRefused, SecureError, TamperedError
 from .home import HostContext, UnlockedHome
+from .host import check_local_k
 from .issuer import IssuerPublic
 from .package import (
     Manifest,
@@ -75,10 +77,14 @@ class OpenedModel:
 
 
 class ModelStore:
-    def __init__(self, home: UnlockedHome, *, skew_s: int = 300, host_k: int = 0) -> None:
+    def __init__(
+        self, home: UnlockedHome, *, skew_s: int = DEFAULT_SKEW, host_k_min: int = 0
+    ) -> None:
+        """``skew_s`` (at most ``clock.MAX_SKEW``) and ``host_k_min`` come from unsigned local
+        settings: they can only make a policy stricter. Out of range: ValueError, at once."""
         self.home = home
-        self.skew_s = skew_s
-        self.host_k = host_k
+        self.skew_s = check_skew(skew_s)
+        self.host_k_min = check_local_k(host_k_min)
 
     # ----- packages ---------------------------------------------------------------------------
     def install_package(self, pkg_dir: Path, *, actor: str, now: int) -> Manifest:
@@ -244,7 +250,7 @@ class ModelStore:
             time_high_water=state.time_high_water,
             last_signed_at=state.last_signed_artifact_at,
             skew_s=self.skew_s,
-            host_k_override=self.host_k,
+            host_k_min=self.host_k_min,
         )
 
     # ----- status and use ---------------------------------------------------------------------

@@ -20,9 +20,9 @@ from typing import Any
 
 from ._encoding import b64d, b64e, canonical_json, parse_json_object
 from ._encoding import field as get
-from .clock import check_time
+from .clock import check_skew, check_time
 from .errors import FormatError, PolicyRefused, TamperedError
-from .host import match_host
+from .host import check_local_k, match_host, required_k
 from .identity import ApplianceIdentity, PublicIdentity
 from .issuer import IssuerKey, IssuerPublic
 from .seal import open_sealed, seal_to
@@ -289,8 +289,12 @@ class TrustContext:
     revoked: frozenset[str] = frozenset()
     time_high_water: int = 0
     last_signed_at: int = 0
-    skew_s: int = 300
-    host_k_override: int = 0  # 0: use the policy's k
+    skew_s: int = 300  # from local settings: at most clock.MAX_SKEW
+    host_k_min: int = 0  # from local settings: raises the policy's k, never lowers it
+
+    def __post_init__(self) -> None:
+        check_skew(self.skew_s)
+        check_local_k(self.host_k_min)
 
 
 @dataclass(frozen=True)
@@ -338,9 +342,8 @@ def check_policy(policy: Policy, ctx: TrustContext, *, enforce_window: bool = Tr
         )
     _check_serial(policy, ctx)
     _check_window(policy, ctx, enforce_window)
-    host = match_host(
-        dict(policy.host_factors), dict(ctx.host_factors), k=ctx.host_k_override or policy.host_k
-    )
+    k = required_k(policy.host_k, ctx.host_k_min)
+    host = match_host(dict(policy.host_factors), dict(ctx.host_factors), k=k)
     if not host.ok:
         raise _refuse(
             "HOST_MISMATCH",

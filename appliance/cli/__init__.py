@@ -16,7 +16,7 @@ from secure.errors import SecureError
 
 from .. import __version__
 from ..errors import ApplianceError
-from ._context import CliContext
+from ._context import CliContext, take_secret_env
 from .admin_cmds import audit, keys, users
 from .docs_cmds import docs, eval_group, ingest, search
 from .init_cmds import identity, init, issuer
@@ -43,7 +43,7 @@ from .serve_cmds import ask, serve
 @click.pass_context
 def cli(ctx: click.Context, home: Path | None, passphrase_file: Path | None) -> None:
     """Enterprise knowledge appliance: keys, policies, models, users, documents, audit."""
-    ctx.obj = CliContext(home, passphrase_file)
+    ctx.obj = CliContext(home, passphrase_file, secret_env=take_secret_env())
 
 
 for command in (

@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,32 @@ from ..config import Settings, load_settings
 from ..errors import ConfigError, UsageError
 
 DEFAULT_HOME = Path("~/.local/share/knowledge-appliance")
+# Secrets that may come from the environment. They are taken out of it when a command starts,
+# before any thread or child process exists: parsers of hostile files, LibreOffice and
+# Tesseract must never inherit them. (The kernel's copy in /proc/<pid>/environ of this process
+# keeps the initial environment; only this process's user and root can read it.)
+SECRET_ENV = (
+    "APPLIANCE_PASSPHRASE",
+    "APPLIANCE_ISSUER_PASSPHRASE",
+    "APPLIANCE_ADMIN_PASSWORD",
+    "APPLIANCE_USER_PASSWORD",
+    "APPLIANCE__MILVUS__TOKEN",
+)
+
+
+def take_secret_env(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Remove every :data:`SECRET_ENV` variable from ``environ`` (default: this process's
+    environment, so children started later lack them too) and return the non-empty ones."""
+    target = os.environ if environ is None else environ
+    taken = {name: target.pop(name, "") for name in SECRET_ENV}
+    return {name: value for name, value in taken.items() if value}
 
 
 @dataclass
 class CliContext:
     home_option: Path | None
     passphrase_file: Path | None
+    secret_env: dict[str, str] = field(default_factory=dict, repr=False)
     _settings: Settings | None = field(default=None, init=False)
 
     @property
@@ -33,7 +54,9 @@ class CliContext:
 
     def settings(self) -> Settings:
         if self._settings is None:
-            self._settings = load_settings(self.home)
+            token = self.secret_env.get("APPLIANCE__MILVUS__TOKEN")
+            secrets: dict[str, object] = {"milvus": {"token": token}} if token else {}
+            self._settings = load_settings(self.home, **secrets)
         return self._settings
 
     def passphrase(self, *, confirm: bool = False, option: Path | None = None) -> str:
@@ -69,8 +92,8 @@ def resolve_secret(
 ) -> str:
     if file is not None:
         return read_secret_file(file, what=what)
-    if os.environ.get(env):
-        return os.environ[env]
+    if _secret_env().get(env):
+        return _secret_env()[env]
     if secrets_file is not None and secrets_file.is_file():
         return read_secret_file(secrets_file, what=what)
     if not sys.stdin.isatty():
@@ -79,6 +102,14 @@ def resolve_secret(
             hint=f"Pass --passphrase-file FILE or set {env} (stdin is not a terminal).",
         )
     return str(click.prompt(f"{what.capitalize()}", hide_input=True, confirmation_prompt=confirm))
+
+
+def _secret_env() -> Mapping[str, str]:
+    """The secrets the running command took from the environment at start (:func:`cli`);
+    outside a command (library use), the environment itself."""
+    click_ctx = click.get_current_context(silent=True)
+    cli_ctx = click_ctx.find_object(CliContext) if click_ctx is not None else None
+    return cli_ctx.secret_env if cli_ctx is not None else os.environ
 
 
 def read_secret_file(path: Path, *, what: str) -> str:
