@@ -95,8 +95,8 @@ async def _unauthorised(scope: Any, send: Any) -> None:
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008})
         return
-    body = json.dumps({"detail": "Your session has ended, or you are not logged in. Log in."})
-    body = body.encode("utf-8")
+    message = "Your session has ended, or you are not logged in. Log in."
+    body = json.dumps({"detail": message}).encode("utf-8")
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", b"%d" % len(body)),
