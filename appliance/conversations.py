@@ -22,7 +22,7 @@ import os
 import re
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +40,15 @@ from .conversation_keys import (
     destroy_store,
     migrate_v1,
 )
-from .errors import ApplianceError, InvalidInput, NotFound
+from .errors import InvalidInput, NotFound
+from .sqlite_db import Store, connect
 from .users import UserStore
+
+CONVERSATION_STORE = Store(
+    "conversation database",
+    "CONVERSATION_STORE",
+    "Check permissions, or restore the file from backup.",
+)
 
 CONVERSATIONS_FILE = "conversations.db"
 MAX_COMMENT = 2000
@@ -117,7 +124,7 @@ class ConversationStore:
         with store._db() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > _VERSION:
-                raise _broken(store.path, "made by a newer version")
+                raise CONVERSATION_STORE.broken(store.path, "made by a newer version")
             if version < _VERSION:
                 if _has_table(db, "conversations"):
                     legacy = None
@@ -270,27 +277,15 @@ class ConversationStore:
             raise _missing("conversation")
         return tuple(row)
 
-    @contextlib.contextmanager
-    def _db(self, *, transaction: bool = True) -> Iterator[sqlite3.Connection]:
-        try:
-            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise _broken(self.path, exc) from exc
-        try:
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA foreign_keys = ON")
-            db.execute("PRAGMA secure_delete = ON")
-            if transaction:
-                db.execute("BEGIN IMMEDIATE")
-            yield db
-            if transaction:
-                db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise _broken(self.path, exc) from exc
-        finally:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            db.close()
+    def _db(
+        self, *, transaction: bool = True
+    ) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return connect(
+            self.path,
+            CONVERSATION_STORE,
+            pragmas=("journal_mode = WAL", "foreign_keys = ON", "secure_delete = ON"),
+            transaction=transaction,
+        )
 
 
 def _key_dir(home: UnlockedHome) -> Path:
@@ -313,11 +308,3 @@ def _open(cipher: RecordCipher, record: str, payload: str) -> str:
 
 def _missing(what: str) -> NotFound:
     return NotFound(f"No such {what}.", hint="Pick one from your history.")
-
-
-def _broken(path: Path, exc: Exception | str) -> ApplianceError:
-    return ApplianceError(
-        f"The conversation database at {path} cannot be used ({exc}).",
-        code="CONVERSATION_STORE",
-        hint="Check permissions, or restore the file from backup.",
-    )

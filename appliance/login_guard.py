@@ -37,12 +37,17 @@ import secrets
 import sqlite3
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ApplianceError
+from .sqlite_db import Store, connect
+
+SESSION_STORE = Store(
+    "session database",
+    "SESSION_STORE",
+    "Check permissions; deleting the file only logs everyone out.",
+)
 
 DEVICE_COOKIE = "kapp_device"
 AUDIT_EVERY_S = 60
@@ -251,19 +256,8 @@ class TrustedClients:
         with self._db() as db:
             return db.execute("DELETE FROM login_trust WHERE user_id = ?", (user_id,)).rowcount
 
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        try:
-            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise _broken(self.path, exc) from exc
-        try:
-            db.execute("PRAGMA journal_mode = WAL")
-            yield db
-        except sqlite3.Error as exc:
-            raise _broken(self.path, exc) from exc
-        finally:
-            db.close()
+    def _db(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return connect(self.path, SESSION_STORE, pragmas=("journal_mode = WAL",))
 
 
 def _digest(kind: str, value: str) -> str:
@@ -272,11 +266,3 @@ def _digest(kind: str, value: str) -> str:
 
 def _address_digest(user_id: str, client: str) -> str:
     return _digest("address", f"{user_id}\0{client_key(client)}")
-
-
-def _broken(path: Path, exc: Exception) -> ApplianceError:
-    return ApplianceError(
-        f"The session database at {path} cannot be used ({exc}).",
-        code="SESSION_STORE",
-        hint="Check permissions; deleting the file only logs everyone out.",
-    )

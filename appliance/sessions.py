@@ -19,18 +19,19 @@ import os
 import re
 import secrets
 import sqlite3
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from secure.home import UnlockedHome
 
-from .errors import ApplianceError, AuthError, LoginThrottled, NotFound
-from .login_guard import LoginLimits, LoginThrottle, TrustedClients
+from .errors import AuthError, LoginThrottled, NotFound
+from .login_guard import SESSION_STORE, LoginLimits, LoginThrottle, TrustedClients
+from .sqlite_db import connect
 from .users import User, UserStore
 
 SESSIONS_FILE = "sessions.db"
+
 COOKIE_NAME = "kapp_session"
 _ID = re.compile(r"[A-Za-z0-9_-]{43}")
 _NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
@@ -231,26 +232,8 @@ class SessionStore:
         with self._db() as db:
             db.execute("DELETE FROM sessions WHERE id_hash = ?", (key,))
 
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        try:
-            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise self._broken(exc) from exc
-        try:
-            db.execute("PRAGMA journal_mode = WAL")
-            yield db
-        except sqlite3.Error as exc:
-            raise self._broken(exc) from exc
-        finally:
-            db.close()
-
-    def _broken(self, exc: Exception) -> ApplianceError:
-        return ApplianceError(
-            f"The session database at {self.path} cannot be used ({exc}).",
-            code="SESSION_STORE",
-            hint="Check permissions; deleting the file only logs everyone out.",
-        )
+    def _db(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return connect(self.path, SESSION_STORE, pragmas=("journal_mode = WAL",))
 
 
 def _hash(session_id: str) -> str:

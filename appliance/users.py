@@ -23,7 +23,7 @@ import os
 import re
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,13 @@ from .errors import AlreadyExists, ApplianceError, AuthError, InvalidInput, NotF
 from .passwords import ScryptParams, check_password, parse_password_hash, verify_password
 from .passwords import b64 as _b64
 from .passwords import unb64 as _unb64
+from .sqlite_db import Store, connect
+
+USER_STORE = Store(
+    "user database",
+    "USER_STORE",
+    "Check the path and permissions, or restore the file from backup.",
+)
 
 ROLES = ("staff", "admin")
 TOKEN_PREFIX = "kapp_"  # noqa: S105 - a prefix, not a secret
@@ -322,7 +329,7 @@ class UserStore:
         try:
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         except OSError as exc:
-            raise self._broken(exc) from exc
+            raise USER_STORE.broken(self.path, exc) from exc
         with self._db() as db:
             db.execute("PRAGMA journal_mode = WAL")  # persistent; not allowed inside a transaction
         with self._db(write=True) as db:  # IMMEDIATE: two processes never both create tables
@@ -341,33 +348,14 @@ class UserStore:
             if version < _SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
-    @contextlib.contextmanager
-    def _db(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
-        """A connection; with ``write`` one IMMEDIATE transaction, committed on success only."""
-        try:
-            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise self._broken(exc) from exc
-        try:
-            db.execute("PRAGMA foreign_keys = ON")
-            db.execute("PRAGMA secure_delete = ON")  # old hashes do not linger in free pages
-            if write:
-                db.execute("BEGIN IMMEDIATE")
-            yield db
-            if write:
-                db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise self._broken(exc) from exc
-        finally:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            db.close()
-
-    def _broken(self, exc: Exception) -> ApplianceError:
-        return ApplianceError(
-            f"The user database at {self.path} cannot be used ({exc}).",
-            code="USER_STORE",
-            hint="Check the path and permissions, or restore the file from backup.",
+    def _db(self, *, write: bool = False) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A connection; with ``write`` one IMMEDIATE transaction, committed on success only.
+        ``secure_delete``: old hashes do not linger in free pages."""
+        return connect(
+            self.path,
+            USER_STORE,
+            pragmas=("foreign_keys = ON", "secure_delete = ON"),
+            transaction=write,
         )
 
 

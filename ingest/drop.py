@@ -118,8 +118,11 @@ def is_settled(candidate: Candidate, *, now: float, settle_s: float) -> bool:
 
 def open_candidate(candidate: Candidate) -> OpenedFile:
     """Open a candidate without following links; :class:`Changed` if it is no longer the
-    file the scan saw (replaced since), :class:`LinkRefused` if a link is in the way."""
-    opened = open_below(candidate.root, candidate.rel_path)
+    file the scan saw (replaced or gone since), :class:`LinkRefused` if a link is in the way."""
+    try:
+        opened = open_below(candidate.root, candidate.rel_path)
+    except FileNotFoundError:
+        raise Changed(f"{candidate.rel_path} is gone.") from None
     if candidate.identity is not None and opened.identity != candidate.identity:
         opened.close()
         raise Changed(f"{candidate.rel_path} was replaced while it was being ingested.")

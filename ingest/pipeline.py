@@ -284,7 +284,7 @@ class Pipeline:
             if isinstance(step, FileResult):
                 return self._record_failure(candidate, step, digest, quarantine_file)
             return self._write(candidate, step, digest)
-        except (Changed, FileNotFoundError) as exc:  # replaced or gone since the scan
+        except Changed as exc:  # the file was replaced or is gone since the scan
             return _skipped(candidate, exc)
         except IngestError as exc:  # Rejected, a missing tool, Milvus refusing the write...
             if not isinstance(exc, Rejected):

@@ -4,14 +4,13 @@ then every one of those locations (and new files in the real temp dir) is scanne
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from tests.support.fixtures import build_tiny, file_contains, find_patterns
+from tests.support.fixtures import build_tiny, file_contains, find_patterns, redirected_child
 
 CHILD = r"""
 import sys
@@ -56,18 +55,8 @@ print("ok")
 
 def test_d1_no_canary_anywhere(tmp_path: Path) -> None:
     model = build_tiny(tmp_path / "vendor-src", with_canary=True)
-    work, fake_home, tmpdir = tmp_path / "work", tmp_path / "user-home", tmp_path / "tmp"
-    for d in (work, fake_home, tmpdir):
-        d.mkdir()
-    env = {
-        **os.environ,
-        "HOME": str(fake_home),
-        "TMPDIR": str(tmpdir),
-        "XDG_CACHE_HOME": str(fake_home / ".cache"),
-        "HF_HOME": str(fake_home / "hf"),
-        "TORCH_HOME": str(fake_home / "torch"),
-        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-    }
+    child = redirected_child(tmp_path)
+    work, fake_home, tmpdir, env = child.work, child.home, child.tmp, child.env
     started = time.time()
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, str(model.path), str(work)],

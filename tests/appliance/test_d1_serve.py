@@ -9,7 +9,6 @@ serving).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.fixtures import build_tiny, file_contains, find_patterns
+from tests.support.fixtures import build_tiny, file_contains, find_patterns, redirected_child
 
 CHILD = r"""
 import sys, time
@@ -57,19 +56,8 @@ print("ok")
 @pytest.mark.timeout(600)
 def test_d1_serve_flow_leaves_no_canary(tmp_path: Path) -> None:
     model = build_tiny(tmp_path / "vendor-src", with_canary=True)
-    work, fake_home, tmpdir = tmp_path / "work", tmp_path / "user-home", tmp_path / "tmp"
-    for d in (work, fake_home, tmpdir):
-        d.mkdir()
-    repo = Path(__file__).resolve().parents[2]
-    env = {
-        **os.environ,
-        "HOME": str(fake_home),
-        "TMPDIR": str(tmpdir),
-        "XDG_CACHE_HOME": str(fake_home / ".cache"),
-        "HF_HOME": str(fake_home / "hf"),
-        "TORCH_HOME": str(fake_home / "torch"),
-        "PYTHONPATH": str(repo),
-    }
+    child = redirected_child(tmp_path)
+    work, fake_home, tmpdir, env = child.work, child.home, child.tmp, child.env
     started = time.time()
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, str(model.path), str(work)],

@@ -18,6 +18,7 @@ from appliance.serve.server import build_app
 from appliance.uploads import Uploads
 from ingest.embed import Embedder
 from tests.support.server import running_server
+from tests.support.webui import login as webui_login
 from tests.ui.kit import PASSWORD, UiWorld, build
 
 FINANCE = "# Plan\n\nThe finance plan: the travel budget for 2027 is 48,000 euros.\n"
@@ -41,7 +42,7 @@ def served(
             running_server(build_app(world.runtime, ui=True)) as url,
             httpx.Client(base_url=url, timeout=60) as client,
         ):
-            login = client.post("/login", data={"username": "fred", "password": PASSWORD})
+            login = webui_login(client, "fred", PASSWORD)
             assert login.status_code == 303, login.text
             yield world, client
     finally:

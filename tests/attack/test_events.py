@@ -17,7 +17,8 @@ import pytest
 
 from tests.attack.surface import Event, gradio_events, hostile_value, oversized_value
 from tests.attack.target import HANA_QUESTION, HR_CANARY, Principal, Target
-from tests.support.gradio_http import GradioClient, Outcome
+from tests.support.gradio_http import GradioClient
+from tests.support.webui import Outcome
 
 LEAKS = (HR_CANARY, "hana", "appraisal code word", HANA_QUESTION, "line manager")
 # Gradio itself refuses a value that does not fit the component (e.g. a dropdown choice the
@@ -135,7 +136,7 @@ def test_staff_cannot_run_admin_events(target: Target, who: str) -> None:
 
 
 def test_strangers_cannot_run_events(target: Target) -> None:
-    stranger = GradioClient(target.url)
+    stranger = GradioClient(target.url, config=target.principals["fred"].browser.config)
     stranger.http.cookies.set("kapp_session", "x" * 43)
     try:
         for event in _events(target):

@@ -19,6 +19,8 @@ import pytest
 
 from tests.attack.surface import Route, http_routes
 from tests.attack.target import FINANCE_CANARY, HR_CANARY, Target
+from tests.support.webui import browser, login
+from tests.ui.kit import PASSWORD
 
 # Served to anyone: the login form, liveness/readiness/metrics (documented as public, no names),
 # the page's static assets, the language switch (sets a cookie, nothing else) and the API's
@@ -51,15 +53,10 @@ def _values(target: Target) -> dict[str, str]:
 
 
 def _strangers(target: Target) -> dict[str, dict[str, Any]]:
-    ended = httpx.Client(base_url=target.url)
-    from tests.support.gradio_http import hidden_fields
-    from tests.ui.kit import PASSWORD
-
-    form = hidden_fields(ended.get("/login").text)
-    ended.post("/login", data={**form, "username": "fred", "password": PASSWORD})
-    old = ended.cookies.get("kapp_session")
-    ended.post("/logout", headers={"Origin": target.url})
-    ended.close()
+    with browser(target.url) as ended:
+        login(ended, "fred", PASSWORD)
+        old = ended.cookies.get("kapp_session")
+        ended.post("/logout")
     return {
         "nobody": {},
         "forged cookie": {"cookies": {"kapp_session": secrets.token_urlsafe(32)}},

@@ -84,7 +84,7 @@ def test_a_failed_folder_that_is_a_link_is_never_written_through(
     assert dropped.read_text() == "[security]\nkdf_cost_log2 = 1\n"  # not lost either
     result = next(f for f in first.files if f.rel_path == "finance/appliance.toml")
     assert (result.outcome, result.code) == ("failed", "symlink")
-    assert "_failed/finance is a symbolic link" in result.reason
+    assert "_failed/finance is a symbolic link" in result.detail  # sealed in the registry
     doc = kit.registry.find("inbox", "finance/appliance.toml")
     assert doc is not None and doc.error_code == "symlink" and "_failed" in doc.error
     # the next pass leaves it alone (reported and audited once), the home still untouched

@@ -60,6 +60,34 @@ def make_tiny_model_fixture(
     return _tiny_model
 
 
+@dataclass(frozen=True)
+class Redirected:
+    """Folders for a D1 child process whose every writable location is redirected."""
+
+    work: Path
+    home: Path
+    tmp: Path
+    env: dict[str, str]
+
+
+def redirected_child(tmp_path: Path) -> Redirected:
+    """``work``, a fake ``HOME`` and ``TMPDIR`` under ``tmp_path``, and the child's environment
+    pointing every cache (XDG, Hugging Face, torch) into them; the repository on PYTHONPATH."""
+    work, fake_home, tmpdir = tmp_path / "work", tmp_path / "user-home", tmp_path / "tmp"
+    for d in (work, fake_home, tmpdir):
+        d.mkdir()
+    env = {
+        **os.environ,
+        "HOME": str(fake_home),
+        "TMPDIR": str(tmpdir),
+        "XDG_CACHE_HOME": str(fake_home / ".cache"),
+        "HF_HOME": str(fake_home / "hf"),
+        "TORCH_HOME": str(fake_home / "torch"),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    return Redirected(work, fake_home, tmpdir, env)
+
+
 def iter_files(roots: Iterable[Path]) -> Iterator[Path]:
     """Every regular file under ``roots`` (missing roots are skipped, links not followed)."""
     for root in roots:

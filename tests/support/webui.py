@@ -48,6 +48,29 @@ class Outcome:
         return next((m for m in self.messages if m.get("msg") == "process_completed"), None)
 
     @property
+    def ok(self) -> bool:
+        done = self.completed
+        return self.status == 200 and done is not None and bool(done.get("success"))
+
+    @property
+    def output(self) -> list[Any] | None:
+        """The event's output data, or None when it did not complete successfully."""
+        return self.data if self.ok else None
+
+    @property
+    def error(self) -> str | None:
+        """Why the event failed (the server's error message, or the refusing response)."""
+        if self.ok:
+            return None
+        done = self.completed or {}
+        message = (done.get("output") or {}).get("error") if done else None
+        return str(message or self.raw[-2000:] or f"HTTP {self.status}")
+
+    def text(self) -> str:
+        """Everything the server sent for this event (for leak checks)."""
+        return self.raw
+
+    @property
     def data(self) -> list[Any]:
         done = self.completed
         assert done is not None and done.get("success"), self.raw[-2000:]
@@ -57,12 +80,20 @@ class Outcome:
 class Page:
     """One open page of the UI: its ``/config`` and a ``session_hash`` (the browser's choice)."""
 
-    def __init__(self, client: httpx.Client, session_hash: str | None = None) -> None:
+    def __init__(
+        self,
+        client: httpx.Client,
+        session_hash: str | None = None,
+        *,
+        config: dict[str, Any] | None = None,
+    ) -> None:
         self.client = client
         self.session_hash = session_hash or secrets.token_hex(6)
-        r = client.get("/config")
-        r.raise_for_status()
-        self.config = r.json()
+        if config is None:
+            r = client.get("/config")
+            r.raise_for_status()
+            config = r.json()
+        self.config = config
 
     def fn(self, elem_id: str, event: str = "click") -> int:
         """The id of the event handler wired to ``event`` of the component ``elem_id``."""

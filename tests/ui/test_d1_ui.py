@@ -8,7 +8,6 @@ directory are scanned: no canary anywhere (documents, history and chunks are sto
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.fixtures import file_contains, find_patterns, iter_files
+from tests.support.fixtures import file_contains, find_patterns, iter_files, redirected_child
 
 pytestmark = pytest.mark.slow
 SHM = Path("/dev/shm")
@@ -74,18 +73,8 @@ print("ok")
 def test_d1_web_ui_flow_leaves_no_canary(tmp_path: Path) -> None:
     canaries = [f"KAPPCANARY{secrets.token_hex(10).upper()}" for _ in range(4)]
     patterns = {c.encode() for c in canaries} | {c.encode("utf-16-le") for c in canaries}
-    work, fake_home, tmpdir = tmp_path / "work", tmp_path / "user-home", tmp_path / "tmp"
-    for d in (work, fake_home, tmpdir):
-        d.mkdir()
-    env = {
-        **os.environ,
-        "HOME": str(fake_home),
-        "TMPDIR": str(tmpdir),
-        "XDG_CACHE_HOME": str(fake_home / ".cache"),
-        "HF_HOME": str(fake_home / "hf"),
-        "TORCH_HOME": str(fake_home / "torch"),
-        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-    }
+    child = redirected_child(tmp_path)
+    work, fake_home, tmpdir, env = child.work, child.home, child.tmp, child.env
     env.pop("GRADIO_TEMP_DIR", None)
     started = time.time()
     proc = subprocess.run(
