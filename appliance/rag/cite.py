@@ -177,7 +177,7 @@ class CitationFilter:
 
     def _url(self, m: regex.Match[str], ctx: _Context) -> str:
         scheme = {"http": "hxxp", "https": "hxxps", "ftp": "fxp"}[m["scheme"].lower()]
-        return f"{scheme}://{_defang_host(m['host'] + (m['rest'] or ''))}"
+        return f"{scheme}://{_defang_path(m['host'] + (m['rest'] or ''))}"
 
     def _slashes(self, m: regex.Match[str], ctx: _Context) -> str:
         return "//" + _defang_host(m["host"])
@@ -264,6 +264,15 @@ def _numbers(spec: str) -> list[int]:
 
 def _defang_host(host: str) -> str:
     return host.replace(".", "[.]")
+
+
+_NESTED = regex.compile(r"://|(?<=data):", regex.IGNORECASE)
+
+
+def _defang_path(text: str) -> str:
+    """A URL's host and path, defanged: dots, and any address that ran on inside it
+    (``http://a/b;http://c``, ``…/data:image…``) loses its scheme separator."""
+    return _NESTED.sub(lambda m: "[:]" + m[0][1:], _defang_host(text))
 
 
 def validate(text: str, n_sources: int) -> tuple[str, list[int]]:

@@ -179,6 +179,8 @@ def test_any_split_gives_the_one_shot_result(text: str, cuts: list[int], n: int)
 
 @settings(max_examples=400, deadline=None)
 @given(text=_TEXT, n=st.integers(0, 12))
+@example(text="http://image/png;http://", n=0)  # an address running on inside another's path
+@example(text="http://x/data:image/png;base64,AAAA", n=0)
 def test_output_holds_only_valid_citations_and_no_live_links(text: str, n: int) -> None:
     out, cited = validate(text, n)
     numbers = [int(k) for k in re.findall(r"\[(\d+)\]", out)]
