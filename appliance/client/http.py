@@ -61,7 +61,9 @@ class ApplianceClient:
         self.base_url = normalise_base_url(base_url)
         self._headers = {"Authorization": f"Bearer {key}"}
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
-        self._verify = verify
+        self._verify = (
+            ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+        )
         self._http: httpx.Client | None = None
 
     def __repr__(self) -> str:

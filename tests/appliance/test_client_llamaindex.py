@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,16 @@ from appliance.serve.server import build_app
 from tests.ingest.test_embed import bundled_embedder
 from tests.support.fixtures import TinyModel, make_tiny_model_fixture
 from tests.support.server import free_port, running_server
-from tests.support.serving import MODEL, NOW, Clock, World, build_world, open_runtime
+from tests.support.serving import (
+    MODEL,
+    NOW,
+    PASSWORD,
+    Clock,
+    World,
+    build_world,
+    open_runtime,
+)
+from tests.support.tls import self_signed
 
 ROOT = Path(__file__).resolve().parents[2]
 MINE = {"bob": {"finance", "public"}, "carol": {"hr", "public"}}
@@ -57,7 +67,10 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_model: TinyModel) -> Wo
 def server(world: World) -> Iterator[dict[str, Any]]:
     clock = Clock(NOW + 10)
     rt = open_runtime(world, clock=clock, embedder=bundled_embedder())
-    keys = {name: rt.app.users.issue_token(name, now=NOW) for name in ("bob", "carol", "admin")}
+    # dora reads finance but her role is not in the model's policy: 'auto' answers extractively
+    rt.app.users.add_user("dora", role="admin", groups=["finance"], password=PASSWORD, now=NOW)
+    names = ("bob", "carol", "admin", "dora")
+    keys = {name: rt.app.users.issue_token(name, now=NOW) for name in names}
     app = build_app(rt, ui=False)
     with running_server(app) as url:
         yield {"url": url, "keys": keys, "runtime": rt, "clock": clock, "app": app}
@@ -181,7 +194,8 @@ def test_query_engine_answers_with_source_nodes(server: dict[str, Any]) -> None:
 def test_streaming_query_engine_has_its_sources_before_the_first_token(
     server: dict[str, Any],
 ) -> None:
-    engine = ApplianceQueryEngine(ApplianceLLM(client(server), model=MODEL), streaming=True)
+    llm = ApplianceLLM(client(server), model=MODEL, max_tokens=16)
+    engine = ApplianceQueryEngine(llm, streaming=True)
     response = engine.query("What is the travel budget for 2027?")
     assert isinstance(response, StreamingResponse)
     assert response.source_nodes and groups(response.source_nodes) <= MINE["bob"]
@@ -303,17 +317,47 @@ def test_the_docs_example_runs(
     server: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The LlamaIndex block of docs/serving.md, run as it stands against the test server (only
-    its address changed; ``your_llm`` stands for the customer's own LLM)."""
+    its address changed; ``your_llm`` stands for the customer's own LLM) with dora's key: her
+    'auto' answers are extractive, so they can be checked (the random model's are noise)."""
     text = (ROOT / "docs" / "serving.md").read_text(encoding="utf-8")
     section = text.split("\n## LlamaIndex\n", 1)[1].split("\n## ", 1)[0]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     assert "http://127.0.0.1:8080" in code and "APPLIANCE_API_KEY" in code
-    monkeypatch.setenv("APPLIANCE_API_KEY", server["keys"]["bob"])
+    monkeypatch.setenv("APPLIANCE_API_KEY", server["keys"]["dora"])
     code = code.replace("http://127.0.0.1:8080", server["url"])
     exec(compile(code, "docs/serving.md", "exec"), {"__name__": "docs", "your_llm": MockLLM()})
     out = capsys.readouterr().out
+    assert "48,000" in out and "(extractive)" in out and "cited=True" in out
     assert "budget.md" in out and "leave.md" not in out
     assert os.environ["APPLIANCE_API_KEY"] not in out
+
+
+def test_closing_a_stream_early_stops_the_generation(server: dict[str, Any]) -> None:
+    audit = server["runtime"].app.secure.audit
+    llm = ApplianceLLM(client(server), model=MODEL, max_tokens=512)
+    stream = llm.stream_chat([ChatMessage(role="user", content="Tell me all about travel.")])
+    assert next(stream).additional_kwargs["source_nodes"]
+    stream.close()
+    deadline = time.monotonic() + 30
+    results: list[str] = []
+    while time.monotonic() < deadline and "cancelled" not in results:
+        results = [e.details.get("result") for e in audit.tail(10) if e.action == "question.answer"]
+        time.sleep(0.2)
+    assert "cancelled" in results, "a closed stream went on generating"
+
+
+def test_tls_with_the_appliances_own_certificate(server: dict[str, Any], tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    with running_server(server["app"], ssl_certfile=str(cert), ssl_keyfile=str(key)) as url:
+        url = url.replace("http://", "https://")
+        with ApplianceClient(url, api_key=server["keys"]["bob"], verify=str(cert)) as trusting:
+            nodes = ApplianceRetriever(trusting).retrieve("travel budget")
+        assert nodes and groups(nodes) <= MINE["bob"]
+        with (
+            ApplianceClient(url, api_key=server["keys"]["bob"]) as default,
+            pytest.raises(ApplianceUnreachable, match="CERTIFICATE_VERIFY_FAILED"),
+        ):
+            ApplianceRetriever(default).retrieve("travel")
 
 
 def test_expired_policy_is_model_unavailable_then_labelled_extractive(

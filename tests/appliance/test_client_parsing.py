@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -195,3 +197,15 @@ def test_base_urls(url: str) -> None:
 def test_a_base_url_without_a_scheme_is_refused() -> None:
     with pytest.raises(ValueError, match="http"):
         normalise_base_url("h:8080")
+
+
+def test_the_http_client_imports_no_server_part_and_no_llama_index() -> None:
+    """A customer's process importing `appliance.client` loads httpx and the error classes only."""
+    code = (
+        "import sys, appliance.client; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'llama_index', 'fastapi', 'torch', 'pydantic', 'secure', 'ingest'} "
+        "or m in {'appliance.config', 'appliance.api', 'appliance.wiring'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

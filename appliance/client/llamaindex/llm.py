@@ -4,7 +4,10 @@ This is not a general-purpose completion model: the appliance answers every prom
 question, from the documents the key's user may see, with its own prompt, citation filter and
 model (a model name, ``auto``, or ``extractive``). The last user message is the question and
 earlier user/assistant pairs are the history; system messages are accepted and ignored (the
-server owns its prompt). Every response carries the server's sources as nodes in
+server owns its prompt). So it cannot be the response synthesizer of a ``RetrieverQueryEngine``
+(the synthesizer's context-stuffed prompt would be taken for the question): use
+:class:`~.query_engine.ApplianceQueryEngine`, or your own LLM over :class:`ApplianceRetriever`.
+Every response carries the server's sources as nodes in
 ``additional_kwargs["source_nodes"]`` (source ``n`` is ``[n]`` in the text) beside ``mode``,
 ``label``, ``fallback_reason``, ``not_found``, ``cited``, ``question_id`` and token counts.
 """
