@@ -48,16 +48,39 @@ def chat_events(chunk: dict[str, Any]) -> list[ChatEvent]:
     """The events in one streamed chunk; raises the typed error of an ``error`` chunk."""
     if "error" in chunk:
         raise error_from_body(None, chunk)
-    events: list[ChatEvent] = []
-    choice = (chunk.get("choices") or [{}])[0]
+    sources = _sources(chunk.get("sources"))
     if chunk.get("mode") is not None:  # only the last chunk carries the extra fields
+        _check_final(chunk)
         return [ChatEvent("done", final=chunk)]
+    events: list[ChatEvent] = []
     if "sources" in chunk:
-        events.append(ChatEvent("sources", sources=tuple(chunk["sources"] or ())))
-    content = (choice.get("delta") or {}).get("content")
+        events.append(ChatEvent("sources", sources=tuple(sources)))
+    content = _delta_content(chunk)
     if content:
-        events.append(ChatEvent("delta", text=str(content)))
+        events.append(ChatEvent("delta", text=content))
     return events
+
+
+def _sources(value: Any) -> list[dict[str, Any]]:
+    sources = value or []
+    if not isinstance(sources, list) or not all(isinstance(s, dict) for s in sources):
+        raise ProtocolError("The answer's sources are not a list of objects.")
+    return sources
+
+
+def _check_final(chunk: dict[str, Any]) -> None:
+    cited, usage = chunk.get("cited") or [], chunk.get("usage") or {}
+    if not isinstance(cited, list) or not isinstance(usage, dict):
+        raise ProtocolError("The answer's last chunk has malformed 'cited' or 'usage'.")
+
+
+def _delta_content(chunk: dict[str, Any]) -> str:
+    choices = chunk.get("choices") or [{}]
+    try:
+        content = (choices[0].get("delta") or {}).get("content")
+    except (AttributeError, IndexError, KeyError, TypeError):
+        raise ProtocolError("An answer chunk has no readable 'choices'.") from None
+    return str(content) if content else ""
 
 
 @dataclass

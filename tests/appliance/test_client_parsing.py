@@ -104,6 +104,25 @@ def test_any_line_parses_or_is_a_protocol_error(line: str) -> None:
     assert out is None or isinstance(out, dict)
 
 
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+KEYS = st.sampled_from(["choices", "sources", "mode", "delta", "content", "error", "x"])
+
+
+@given(st.dictionaries(KEYS, JSON, max_size=4))
+def test_any_chunk_gives_events_or_a_typed_error(chunk: dict[str, Any]) -> None:
+    try:
+        events = chat_events(chunk)
+    except ApplianceClientError:
+        return
+    result = ChatResult()
+    for event in events:
+        result.add(event)
+
+
 SOURCE = {
     "n": 1,
     "chunk_id": "c1",
@@ -172,9 +191,11 @@ def test_a_source_with_only_a_snippet_says_so_and_cited_ones_are_marked() -> Non
     assert nodes[1].node.get_content() == "short…" and nodes[1].node.metadata["pages"] == "3"
 
 
-def test_a_passage_without_an_id_is_a_protocol_error() -> None:
+def test_a_passage_without_an_id_or_with_a_bad_score_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="chunk_id"):
         passage_node({"text": "x", "score": 1.0})
+    with pytest.raises(ProtocolError, match="score"):
+        passage_node({"chunk_id": "c", "text": "x", "score": "high"})
 
 
 def test_llamaindex_roles_become_api_roles() -> None:

@@ -39,7 +39,10 @@ def passage_node(passage: dict[str, Any]) -> NodeWithScore:
         excluded_embed_metadata_keys=hidden,
     )
     score = passage.get("score")
-    return NodeWithScore(node=node, score=float(score) if score is not None else None)
+    try:
+        return NodeWithScore(node=node, score=float(score) if score is not None else None)
+    except (TypeError, ValueError):
+        raise ProtocolError(f"A passage from the server has the score {score!r}.") from None
 
 
 def node_metadata(passage: dict[str, Any]) -> dict[str, Any]:
