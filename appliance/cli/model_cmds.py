@@ -94,6 +94,7 @@ def _package_gguf(
     if out_dir.exists():
         raise UsageError(f"{out_dir} already exists.", hint="Choose a new output directory.")
     disable_core_dumps()
+    click.echo(f"Reading and dequantising {src.name} in memory ...", err=True)
     imported = import_gguf(src, dtype=dtype or DEFAULT_DTYPE)
     try:
         return package_files(
@@ -158,8 +159,10 @@ def model_list(ctx: CliContext, as_json: bool) -> None:
         click.echo("No models installed.")
     for r in rows:
         state = "unlockable now" if r["unlockable_now"] else f"LOCKED ({r['reason_code']})"
+        source = r["source"]["format"] if r["source"] else "-"  # type: ignore[index]
         click.echo(
-            f"{r['name']}: integrity {r['integrity']}, policy {r['policy'] or '-'}, "
+            f"{r['name']}: integrity {r['integrity']}, source {source}, "
+            f"policy {r['policy'] or '-'}, "
             f"valid until {r['valid_until'] or '-'}, binding {r['host_binding']}, "
             f"roles {','.join(r['roles']) or '-'}: {state}"  # type: ignore[arg-type]
         )

