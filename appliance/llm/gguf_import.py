@@ -41,6 +41,7 @@ from .loader import (
     GENERATION_CONFIG_NAME,
     TOKENIZER_CONFIG_NAME,
     TOKENIZER_NAME,
+    gguf_architectures,
     import_transformers,
     zero_buffer,
 )
@@ -121,7 +122,7 @@ def import_gguf(path: Path, *, dtype: str = DEFAULT_DTYPE) -> ImportedModel:
         )
     source = _digest(path)
     transformers = import_transformers()
-    _check_structure(path, _supported_architectures(transformers))
+    _check_structure(path, gguf_architectures())
     with _quiet(transformers):
         model, tokenizer = _load(transformers, path, torch_dtype)
     try:
@@ -140,15 +141,18 @@ def import_gguf(path: Path, *, dtype: str = DEFAULT_DTYPE) -> ImportedModel:
 
 @contextlib.contextmanager
 def _quiet(transformers: ModuleType) -> Iterator[None]:
-    """No per-tensor progress bars from transformers (the CLI prints one line instead)."""
-    bars = transformers.utils.logging
-    was_enabled = bars.is_progress_bar_enabled()
-    bars.disable_progress_bar()
+    """No per-tensor progress bars and no advice about GGUF kernels from transformers (it warns
+    that bf16 is slow for *packed* GGUF weights; ours are dequantised, plain tensors)."""
+    logs = transformers.utils.logging
+    bars, verbosity = logs.is_progress_bar_enabled(), logs.get_verbosity()
+    logs.disable_progress_bar()
+    logs.set_verbosity_error()
     try:
         yield
     finally:
-        if was_enabled:
-            bars.enable_progress_bar()
+        logs.set_verbosity(verbosity)
+        if bars:
+            logs.enable_progress_bar()
 
 
 def _check_dtype(dtype: str) -> torch.dtype:
@@ -168,15 +172,6 @@ def _digest(path: Path) -> SourceFile:
             f"Cannot read {path}: {exc.strerror}.", hint="Check the path and its permissions."
         ) from None
     return SourceFile(path.name, size, digest)
-
-
-def _supported_architectures(transformers: ModuleType) -> list[str]:
-    """Architectures transformers converts from GGUF (``transformers`` is already imported, in
-    offline mode, by the caller; the list lives in a submodule its lazy loader does not expose)."""
-    del transformers
-    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
-
-    return sorted(GGUF_SUPPORTED_ARCHITECTURES)
 
 
 def _check_structure(path: Path, supported: list[str]) -> None:
@@ -242,7 +237,7 @@ def _model_files(model: Any, tokenizer: Any, dtype: str) -> dict[str, bytearray]
     files: dict[str, bytearray] = {}
     try:
         files[SINGLE_NAME] = serialize_state_dict(_untied_state(model), metadata={"format": "pt"})
-        files[CONFIG_NAME] = _json_bytes(_config_dict(model.config, dtype))
+        files[CONFIG_NAME] = _json_bytes(_config_dict(model, dtype))
         files[GENERATION_CONFIG_NAME] = _json_bytes(model.generation_config.to_diff_dict())
         files.update(_tokenizer_files(tokenizer))
     except BaseException:
@@ -271,11 +266,12 @@ def _untied_state(model: Any) -> dict[str, torch.Tensor]:
     return kept
 
 
-def _config_dict(config: Any, dtype: str) -> dict[str, Any]:
-    data = config.to_dict()
+def _config_dict(model: Any, dtype: str) -> dict[str, Any]:
+    data = model.config.to_dict()
     for key in _CONFIG_DROPPED:
         data.pop(key, None)
     data["dtype"] = str(DTYPES[dtype]).removeprefix("torch.")
+    data["architectures"] = [type(model).__name__]  # as save_pretrained writes it
     return dict(data)
 
 

@@ -204,6 +204,14 @@ def import_transformers() -> ModuleType:
     return transformers
 
 
+def gguf_architectures() -> list[str]:
+    """Architectures the installed transformers converts from GGUF (for the GGUF import)."""
+    import_transformers()
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    return sorted(GGUF_SUPPORTED_ARCHITECTURES)
+
+
 def _build_config(transformers: ModuleType, config_dict: dict[str, Any]) -> Any:
     """The config class for a built-in ``model_type``; remote code is never executed."""
     model_type = config_dict["model_type"]

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -216,19 +217,90 @@ def test_bundled_model_is_found_without_importing_its_module() -> None:
         assert handle.read(4) == b"GGUF"
 
 
-@pytest.mark.realmodel
-def test_bundled_model_packaged_generates_exactly_like_transformers(tmp_path: Path) -> None:
-    src = tmp_path / "vendor" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+@dataclass
+class Bundled:
+    gguf: Path
+    package: Path
+    issuer: IssuerKey
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory: pytest.TempPathFactory) -> Bundled:
+    """The bundled GGUF packaged once for this module's ``realmodel`` tests (about a minute)."""
+    tmp = tmp_path_factory.mktemp("bundled")
+    src = tmp / "vendor" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     src.parent.mkdir()
     shutil.copyfile(bundled_gguf(), src)  # a copy: transformers reads nothing else beside it
-    loaded, manifest = _package_and_load(src, tmp_path / "pkg")
-    assert manifest.source.files[0].sha256 == hashlib.sha256(src.read_bytes()).hexdigest()  # type: ignore[union-attr]
-    ref_model, ref_tokenizer = _reference(src, torch.float32)
-    prompt, ours = _greedy(loaded.model, loaded.tokenizer, 16)
-    ref_prompt, theirs = _greedy(ref_model, ref_tokenizer, 16)
+    issuer = IssuerKey.generate("vendor")
+    imported = import_gguf(src)
+    try:
+        package_files(
+            imported.files,
+            tmp / "pkg",
+            name="smollm2",
+            issuer=issuer.public(),
+            now=1_800_000_000,
+            source=imported.package_source(),
+        )
+    finally:
+        imported.wipe()
+    return Bundled(src, tmp / "pkg", issuer)
+
+
+@pytest.mark.realmodel
+def test_bundled_model_packaged_generates_exactly_like_transformers(bundled: Bundled) -> None:
+    manifest, key = unseal_package_key(bundled.package, bundled.issuer)
+    source = manifest.source
+    assert source is not None and source.dtype == "fp32"
+    assert source.files[0].sha256 == hashlib.sha256(bundled.gguf.read_bytes()).hexdigest()
+    files = decrypt_package(bundled.package, manifest, key)
+    loaded = load_causal_lm("smollm2", files, options=LoadOptions())  # type: ignore[arg-type]
+    ref_model, ref_tokenizer = _reference(bundled.gguf, torch.float32)
+    prompt, ours = _greedy(loaded.model, loaded.tokenizer, 12)
+    ref_prompt, theirs = _greedy(ref_model, ref_tokenizer, 12)
     assert prompt == ref_prompt and ours == theirs
     assert loaded.tokenizer.decode(ours).strip()  # real text
     loaded.wipe()
+
+
+@pytest.mark.realmodel
+def test_staff_get_a_streamed_generative_answer_from_the_bundled_model(
+    bundled: Bundled, tmp_path: Path
+) -> None:
+    """The serving path end to end: install, policy for staff, unlock, retrieve, prompt through
+    SmolLM2's own chat template, stream, stop at its end-of-turn token."""
+    from appliance.rag.prompt import is_not_found
+    from secure.policy import issue_policy
+    from tests.support.serving import NOW, Clock, build_world, open_runtime
+
+    world = build_world(tmp_path, model_dir=None)
+    app = world.appliance()
+    app.models.install_package(bundled.package, actor="test", now=NOW)
+    manifest, key = unseal_package_key(bundled.package, bundled.issuer)
+    host = app.secure.host()
+    policy = issue_policy(
+        bundled.issuer,
+        identity=app.secure.public_identity(host, now=NOW),
+        grants=[("smollm2", manifest.package_id, manifest.sha256, key, ["staff", "admin"], [])],
+        serial=1,
+        issued_at=NOW - 60,
+        not_before=NOW - 60,
+        not_after=NOW + 3600,
+    )
+    app.models.install_policy(policy, actor="test", now=NOW, host=host)
+    runtime = open_runtime(world, clock=Clock(NOW))
+    try:
+        bob = runtime.app.users.get("bob")
+        events = list(runtime.engine.stream("What is the travel budget for 2027?", user=bob))
+    finally:
+        runtime.close()
+    deltas = [e.text for e in events if e.kind == "delta"]
+    answer = next(e.answer for e in events if e.kind == "done")
+    assert (answer.mode, answer.model) == ("generative", "smollm2")
+    assert len(deltas) > 3 and "".join(deltas).strip()  # streamed token by token
+    assert not is_not_found(answer.text) and answer.sources
+    assert answer.tokens < 200  # stopped at <|im_end|>, not at llm.max_new_tokens (512)
+    assert "<|im_end|>" not in answer.text and "<|im_start|>" not in answer.text
 
 
 def test_converted_files_are_a_standard_hugging_face_directory(
