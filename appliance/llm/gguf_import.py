@@ -122,7 +122,6 @@ def import_gguf(path: Path, *, dtype: str = DEFAULT_DTYPE) -> ImportedModel:
         )
     source = _digest(path)
     transformers = import_transformers()
-    _check_structure(path, gguf_architectures())
     with _quiet(transformers):
         model, tokenizer = _load(transformers, path, torch_dtype)
     try:
@@ -174,10 +173,10 @@ def _digest(path: Path) -> SourceFile:
     return SourceFile(path.name, size, digest)
 
 
-def _check_structure(path: Path, supported: list[str]) -> None:
-    """Read the GGUF's header, metadata and tensor table (``gguf``'s reader, memory-mapped, no
-    tensor data is read): a truncated or damaged file, or an architecture transformers cannot
-    load, is refused here with a precise message before anything is built."""
+def _diagnose(path: Path, supported: list[str]) -> None:
+    """Why transformers could not load ``path``, when ``gguf``'s own reader can tell: a truncated
+    or damaged file, or an architecture transformers does not convert. Run only after a failure
+    (reading the whole tokenizer table this way costs seconds on a real file)."""
     try:
         import gguf
     except ImportError as exc:
@@ -191,7 +190,7 @@ def _check_structure(path: Path, supported: list[str]) -> None:
         architecture = field.contents() if field is not None else None
     except Exception as exc:  # noqa: BLE001 - the reader raises many types on a damaged file
         raise ModelImportError(
-            f"{path.name} is truncated or damaged (the GGUF reader failed: {_reason(exc)})",
+            f"{path.name} is truncated or damaged (the GGUF reader failed: {_reason(exc)}).",
             hint=_DAMAGED_HINT,
         ) from None
     if not isinstance(architecture, str):
@@ -220,6 +219,7 @@ def _load(transformers: ModuleType, path: Path, dtype: torch.dtype) -> tuple[Any
             hint="Reinstall the appliance with its locked requirements (`make setup`).",
         ) from None
     except Exception as exc:  # noqa: BLE001 - the GGUF loaders raise many types on bad input
+        _diagnose(path, gguf_architectures())
         raise ModelImportError(
             f"{path.name} cannot be loaded as a GGUF model: {_reason(exc)}.",
             hint=f"{_DAMAGED_HINT} If the file is intact, transformers cannot convert this "
