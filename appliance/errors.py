@@ -93,6 +93,12 @@ class ModelLoadError(ApplianceError):
     code = "MODEL_LOAD"
 
 
+class ModelImportError(ApplianceError):
+    """A model source (a GGUF file) cannot be converted into a package; nothing was written."""
+
+    code = "MODEL_IMPORT"
+
+
 class ModelUnavailable(ApplianceError):
     """No unlocked model can answer this request; ``reason_code`` says why (HTTP 503)."""
 

@@ -28,6 +28,11 @@ round, medians reported:
 5. 8 concurrent streaming ``openai`` clients: errors, p50/p95 latency, throughput.
 
     python bench/bench_serve.py [--rounds 5] [--quick] [--workdir DIR] [--parts 1,2,3,4,5]
+    python bench/bench_serve.py --model smollm2 --parts 1,2,3   # the bundled model instead
+
+With ``--model smollm2`` the model is the bundled SmolLM2-135M-Instruct (its GGUF imported by the
+product, fp32, tied embeddings; ``bench/_bundled.py``) with its own tokenizer and chat template;
+results go to ``serve-smollm2.json``.
 
 Goals (issue 4): first-token ratio <= 1.10; decode ratio >= 0.98; API overhead <= 5 %;
 8 concurrent clients with zero errors.
@@ -51,6 +56,7 @@ for _path in (REPO, REPO / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+import _bundled  # noqa: E402  - the bundled model (--model smollm2)
 import bench_model_load as bml  # noqa: E402  - shared model build, cache control, environment
 
 MODEL_NAME = "bench-qwen2-0_5b"
@@ -182,11 +188,13 @@ def build_home(workdir: Path, models: dict[str, Path]) -> dict[str, Any]:
     return {"home": str(home), "token": token}
 
 
-def prepare(workdir: Path) -> dict[str, Any]:
+def prepare(workdir: Path, model: str = "qwen2-0.5b") -> dict[str, Any]:
     """Build models, packages and home once, ingest the documents; a prepared workdir is reused."""
     ready = workdir / READY
     if ready.exists():
         return {**json.loads(ready.read_text()), "reused": True}
+    if model == "smollm2":
+        return _prepare_bundled(workdir, ready)
     t0 = time.perf_counter()
     weights = build_model_dir(workdir / "model", bml.QWEN2_05B)
     build_model_dir(workdir / "model-small", QWEN2_SMALL)
@@ -195,6 +203,19 @@ def prepare(workdir: Path) -> dict[str, Any]:
     t2 = time.perf_counter()
     info.update(documents=ingest_samples(workdir / "home"), ingest_s=time.perf_counter() - t2)
     info.update(weight_bytes=weights, build_s=t1 - t0, home_s=t2 - t1)
+    ready.write_text(json.dumps(info))
+    return {**info, "reused": False}
+
+
+def _prepare_bundled(workdir: Path, ready: Path) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    bundled = _bundled.write_model_dir(workdir / "model")
+    t1 = time.perf_counter()
+    info = build_home(workdir, {MODEL_NAME: workdir / "model"})
+    t2 = time.perf_counter()
+    info.update(documents=ingest_samples(workdir / "home"), ingest_s=time.perf_counter() - t2)
+    info.update(weight_bytes=bundled["weight_bytes"], build_s=t1 - t0, home_s=t2 - t1)
+    info.update(bundled=bundled)
     ready.write_text(json.dumps(info))
     return {**info, "reused": False}
 
@@ -213,6 +234,7 @@ def preimport() -> None:
     import torch  # noqa: F401
     import transformers  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+    from transformers.models.llama import modeling_llama  # noqa: F401
     from transformers.models.qwen2 import modeling_qwen2  # noqa: F401
 
     from appliance.llm import loader  # noqa: F401
@@ -518,7 +540,7 @@ def run_child(args: argparse.Namespace) -> None:
 def _spawn(child: str, args: argparse.Namespace, workdir: Path, timeout: float) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", child, "--workdir", str(workdir)]
     cmd += ["--rounds", str(args.rounds), "--new-tokens", str(args.new_tokens)]
-    cmd += ["--rag-tokens", str(args.rag_tokens)]
+    cmd += ["--rag-tokens", str(args.rag_tokens), "--model", args.model]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
     if proc.returncode != 0:
         raise SystemExit(f"{child} child failed:\n{proc.stderr[-4000:]}")
@@ -646,7 +668,8 @@ def ingest_samples(home: Path) -> int:
 def part_api(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Parts 4 and 5 in their own process (`bench/_serve_api.py`)."""
     cmd = [sys.executable, str(REPO / "bench" / "_serve_api.py"), "--workdir", str(workdir)]
-    cmd += ["--model", SMALL_NAME if args.api_model == "small" else MODEL_NAME]
+    small = args.api_model == "small" and args.model != "smollm2"
+    cmd += ["--model", SMALL_NAME if small else MODEL_NAME]
     for flag in ("rounds", "api_tokens", "stream_tokens", "clients", "questions"):
         cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=3600)
@@ -671,7 +694,7 @@ QUICK = {
 
 def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     load_before = os.getloadavg()
-    setup = prepare(workdir)
+    setup = prepare(workdir, args.model)
     report: dict[str, Any] = {"benchmark": "serve", "quick": args.quick}
     parts = set(args.parts.split(","))
     if "1" in parts:
@@ -684,12 +707,7 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         report["api"] = part_api(args, workdir)
     report["summary"] = summarize(report)
     report.update(
-        model={
-            "config": bml.QWEN2_05B,
-            "dtype": "bfloat16",
-            "weight_bytes": setup["weight_bytes"],
-            "tokenizer_vocab_cap": TOKENIZER_VOCAB,
-        },
+        model=_model_info(args, setup),
         setup={k: v for k, v in setup.items() if k != "token"},
         settings={k: getattr(args, k) for k in (*QUICK, "clients", "parts")},
         method=__doc__.split("\n\n")[1].strip() if __doc__ else "",
@@ -700,6 +718,17 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         },
     )
     return report
+
+
+def _model_info(args: argparse.Namespace, setup: dict[str, Any]) -> dict[str, Any]:
+    if args.model == "smollm2":
+        return {"name": "SmolLM2-135M-Instruct (bundled GGUF, imported)", **setup["bundled"]}
+    return {
+        "config": bml.QWEN2_05B,
+        "dtype": "bfloat16",
+        "weight_bytes": setup["weight_bytes"],
+        "tokenizer_vocab_cap": TOKENIZER_VOCAB,
+    }
 
 
 def summarize(report: dict[str, Any]) -> dict[str, Any]:
@@ -766,8 +795,17 @@ def parse_args() -> argparse.Namespace:
         default="0.5b",
         help="model of parts 4 and 5 (small: 8 layers, hidden 512)",
     )
+    parser.add_argument(
+        "--model",
+        choices=("qwen2-0.5b", "smollm2"),
+        default="qwen2-0.5b",
+        help="qwen2-0.5b: random Qwen2-0.5B-shaped bf16 model; smollm2: the bundled model",
+    )
     parser.add_argument("--child", choices=(*FIRST_SIDES, "steady"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.model == "smollm2":
+        global MODEL_NAME  # what every side (and child) unlocks and loads
+        MODEL_NAME = _bundled.MODEL_NAME
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
@@ -781,6 +819,8 @@ def main() -> None:
         return
     report = bml.run_in_workdir(args, "bench-serve-", run_bench)
     name = "serve-quick.json" if args.quick else "serve.json"
+    if args.model == "smollm2":
+        name = name.replace("serve", "serve-smollm2")
     bml.write_report(Path(args.out) if args.out else REPO / "bench" / "results" / name, report)
     print(json.dumps(report["summary"], indent=2))
 

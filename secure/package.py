@@ -2,7 +2,9 @@
 
 ```
 PKG_DIR/
-  manifest.json     canonical JSON: package id, model name, issuer, files, sealed data key
+  manifest.json     canonical JSON: package id, model name, issuer, files, sealed data key,
+                    and (packages made since the GGUF import) the source record: format and
+                    SHA-256 of every plaintext source file (`secure.provenance`)
   manifest.mac      HMAC-SHA256 (hex) of manifest.json under a key derived from the data key
   files/0000.kpc …  one container per source file
 ```
@@ -20,22 +22,22 @@ import hashlib
 import hmac
 import os
 import shutil
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import Any
 
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from . import _membuf
-from ._encoding import b64d, b64e, canonical_json, field, parse_json_object
+from ._encoding import b64d, field, parse_json_object
 from ._membuf import PlainBuffer
-from .container import Container, encrypt_stream
+from .container import Container
 from .errors import FormatError, SecureError, TamperedError
 from .issuer import IssuerKey, IssuerPublic
-from .seal import open_sealed, seal_to
+from .provenance import PackageSource, SourceFile
+from .seal import open_sealed
 
 PACKAGE_TYPE = "kapp-model-package/1"
 MANIFEST = "manifest.json"
@@ -46,6 +48,7 @@ MAX_FILES = 4096
 #: Smaller files decrypt on the calling thread: starting workers would cost more than it saves.
 _PARALLEL_MIN_BYTES = 8 << 20
 _MANIFEST_FIELDS = {"type", "package_id", "model", "created_at", "issuer", "files", "sealed_key"}
+_OPTIONAL_FIELDS = {"source"}  # absent in packages made before the source record existed
 
 
 def _mac_key(data_key: bytes) -> bytes:
@@ -104,11 +107,16 @@ class Manifest:
     issuer: IssuerPublic
     files: tuple[PackageFile, ...]
     sealed_key: bytes
+    source: PackageSource | None = None  # None: packaged before sources were recorded
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Manifest:
         obj = parse_json_object(raw, what="package manifest")
-        if set(obj) != _MANIFEST_FIELDS or obj.get("type") != PACKAGE_TYPE:
+        keys = set(obj)
+        if (
+            not _MANIFEST_FIELDS <= keys <= _MANIFEST_FIELDS | _OPTIONAL_FIELDS
+            or obj.get("type") != PACKAGE_TYPE
+        ):
             raise FormatError("This is not a model package manifest (missing or extra fields).")
         files = obj["files"]
         if not isinstance(files, list) or not 0 < len(files) <= MAX_FILES:
@@ -129,6 +137,7 @@ class Manifest:
             issuer=IssuerPublic.from_dict(issuer),
             files=entries,
             sealed_key=b64d(field(obj, "sealed_key", str, what="manifest"), what="sealed key"),
+            source=PackageSource.from_dict(obj["source"]) if "source" in obj else None,
         )
 
     @property
@@ -149,102 +158,6 @@ def validate_model_name(name: str) -> str:
             hint="Use 1-64 letters, digits, '.', '_' or '-'.",
         )
     return name
-
-
-def _source_files(src_dir: Path) -> list[tuple[str, Path]]:
-    found = []
-    for path in sorted(src_dir.rglob("*")):
-        mode = path.lstat().st_mode
-        if stat.S_ISLNK(mode):
-            raise SecureError(
-                f"{path} is a symbolic link; package real files only.", code="INVALID_SOURCE"
-            )
-        if stat.S_ISREG(mode):
-            rel = path.relative_to(src_dir).as_posix()
-            if not rel.startswith("."):
-                found.append((rel, path))
-    if not found:
-        raise SecureError(f"{src_dir} holds no files to package.", code="INVALID_SOURCE")
-    return found
-
-
-class _HashingWriter:
-    def __init__(self, fh: BinaryIO) -> None:
-        self._fh, self.hash = fh, hashlib.sha256()
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        self.hash.update(data)
-        return self._fh.write(data)
-
-
-def package_model(
-    src_dir: Path, out_dir: Path, *, name: str, issuer: IssuerPublic, now: int
-) -> Manifest:
-    """Encrypt every file of ``src_dir`` into a new package at ``out_dir``.
-
-    The source is only read. The package is built in a sibling temp directory and renamed into
-    place, so a crash never leaves a half package under ``out_dir``.
-    """
-    validate_model_name(name)
-    src_dir, out_dir = src_dir.resolve(), out_dir.resolve()
-    if out_dir.exists():
-        raise SecureError(
-            f"{out_dir} already exists.", code="EXISTS", hint="Choose a new output directory."
-        )
-    if out_dir.is_relative_to(src_dir):
-        raise SecureError(
-            "The package directory must lie outside the model directory.", code="INVALID_SOURCE"
-        )
-    sources = _source_files(src_dir)
-    data_key, package_id = os.urandom(32), "pkg-" + os.urandom(12).hex()
-    tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    (tmp / FILES_DIR).mkdir(parents=True, mode=0o700)
-    try:
-        entries = [
-            _encrypt_one(rel, path, tmp, i, data_key, package_id)
-            for i, (rel, path) in enumerate(sources)
-        ]
-        sealed = seal_to(issuer.box_public_key(), data_key, info=_seal_info(package_id))
-        raw = canonical_json(
-            {
-                "type": PACKAGE_TYPE,
-                "package_id": package_id,
-                "model": name,
-                "created_at": now,
-                "issuer": issuer.to_dict(),
-                "files": [e.to_dict() for e in entries],
-                "sealed_key": b64e(sealed),
-            }
-        )
-        (tmp / MANIFEST).write_bytes(raw)
-        mac = hmac.new(_mac_key(data_key), raw, hashlib.sha256).hexdigest()
-        (tmp / MANIFEST_MAC).write_text(mac + "\n", encoding="ascii")
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return Manifest.from_bytes(raw)
-
-
-def _encrypt_one(
-    rel: str, path: Path, pkg: Path, index: int, data_key: bytes, package_id: str
-) -> PackageFile:
-    container = f"{FILES_DIR}/{index:04d}.kpc"
-    with path.open("rb") as src, (pkg / container).open("wb") as dst:
-        size = os.fstat(src.fileno()).st_size
-        writer = _HashingWriter(dst)
-        encrypt_stream(
-            src,
-            writer,  # type: ignore[arg-type]  # a write-only, hashing file object
-            data_key=data_key,
-            object_id=package_id,
-            name=rel,
-            key_id=KEY_ID,
-            size=size,
-        )
-        dst.flush()
-        os.fsync(dst.fileno())
-    return PackageFile(rel, container, size, writer.hash.hexdigest())
 
 
 def read_manifest(pkg_dir: Path) -> Manifest:
@@ -393,13 +306,20 @@ def copy_package(src: Path, dst: Path) -> None:
         raise
 
 
+# The writing side lives in `secure.packager` (it imports this module's format definitions);
+# re-exported here so that `secure.package` stays the one public entry point for packages.
+from .packager import package_files, package_model  # noqa: E402
+
 __all__ = [
     "Manifest",
     "PackageFile",
+    "PackageSource",
     "PlainBuffer",
+    "SourceFile",
     "copy_package",
     "decrypt_package",
     "iter_integrity_problems",
+    "package_files",
     "package_model",
     "read_manifest",
     "unseal_package_key",

@@ -10,9 +10,16 @@ from secure.errors import PolicyRefused
 from secure.identity import PublicIdentity
 from secure.issuer import IssuerPublic, load_issuer
 from secure.models import ModelStatus
-from secure.package import package_model, unseal_package_key
+from secure.package import (
+    Manifest,
+    package_files,
+    package_model,
+    unseal_package_key,
+    validate_model_name,
+)
 from secure.policy import Policy, check_validity, issue_policy
 
+from ..errors import UsageError
 from ._context import CliContext, emit_json, iso, parse_duration, parse_time, pass_ctx
 from ._open import open_home
 from .init_cmds import issuer_passphrase
@@ -26,7 +33,7 @@ def model() -> None:
 
 
 @model.command("package")
-@click.argument("src_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("src", type=click.Path(path_type=Path, exists=True))
 @click.option("--name", required=True, help="Model name (letters, digits, . _ -).")
 @click.option(
     "--issuer-pub",
@@ -41,17 +48,65 @@ def model() -> None:
     required=True,
     help="New directory for the package.",
 )
+@click.option(
+    "--dtype",
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    default=None,
+    help="GGUF only: the dtype tensors are dequantised to (default fp32).",
+)
 @pass_ctx
 def model_package(
-    ctx: CliContext, src_dir: Path, name: str, issuer_pub: Path, out_dir: Path
+    ctx: CliContext, src: Path, name: str, issuer_pub: Path, out_dir: Path, dtype: str | None
 ) -> None:
-    """Encrypt every file of a Hugging Face model directory into a package."""
+    """Encrypt a model into a package: a Hugging Face model directory (every file as it is) or a
+    GGUF file (dequantised in memory; the plaintext weights never touch the disk)."""
     pub = IssuerPublic.from_bytes(issuer_pub.read_bytes())
-    manifest = package_model(src_dir, out_dir, name=name, issuer=pub, now=ctx.now())
+    if src.is_dir():
+        if dtype is not None:
+            raise UsageError(
+                "--dtype applies to GGUF files only.",
+                hint="A model directory is packaged byte for byte; drop --dtype.",
+            )
+        manifest = package_model(src, out_dir, name=name, issuer=pub, now=ctx.now())
+        origin = "a model directory"
+    else:
+        manifest = _package_gguf(ctx, src, name, pub, out_dir, dtype)
+        origin = f"GGUF {src.name}, dequantised to {manifest.source.dtype}"  # type: ignore[union-attr]
     click.echo(
-        f"Packaged {len(manifest.files)} files ({manifest.total_size} bytes) of {name} "
-        f"as {manifest.package_id} in {out_dir}; key sealed to {pub.issuer_id}."
+        f"Packaged {len(manifest.files)} files ({manifest.total_size} bytes) of {name} from "
+        f"{origin}, as {manifest.package_id} in {out_dir}; key sealed to {pub.issuer_id}."
     )
+
+
+def _package_gguf(
+    ctx: CliContext,
+    src: Path,
+    name: str,
+    pub: IssuerPublic,
+    out_dir: Path,
+    dtype: str | None,
+) -> Manifest:
+    """Dequantise in memory, encrypt from memory, zero the plaintext (no core dump meanwhile)."""
+    from ..llm.gguf_import import DEFAULT_DTYPE, import_gguf
+    from ..llm.hardening import disable_core_dumps
+
+    validate_model_name(name)  # before the minute-long import, not after it
+    if out_dir.exists():
+        raise UsageError(f"{out_dir} already exists.", hint="Choose a new output directory.")
+    disable_core_dumps()
+    click.echo(f"Reading and dequantising {src.name} in memory ...", err=True)
+    imported = import_gguf(src, dtype=dtype or DEFAULT_DTYPE)
+    try:
+        return package_files(
+            imported.files,
+            out_dir,
+            name=name,
+            issuer=pub,
+            now=ctx.now(),
+            source=imported.package_source(),
+        )
+    finally:
+        imported.wipe()
 
 
 @model.command("install")
@@ -83,6 +138,7 @@ def _status_dict(s: ModelStatus) -> dict[str, object]:
         "unlockable_now": s.unlockable,
         "reason_code": s.reason_code,
         "reason": s.reason,
+        "source": s.source.to_dict() if s.source else None,
     }
 
 
@@ -103,8 +159,10 @@ def model_list(ctx: CliContext, as_json: bool) -> None:
         click.echo("No models installed.")
     for r in rows:
         state = "unlockable now" if r["unlockable_now"] else f"LOCKED ({r['reason_code']})"
+        source = r["source"]["format"] if r["source"] else "-"  # type: ignore[index]
         click.echo(
-            f"{r['name']}: integrity {r['integrity']}, policy {r['policy'] or '-'}, "
+            f"{r['name']}: integrity {r['integrity']}, source {source}, "
+            f"policy {r['policy'] or '-'}, "
             f"valid until {r['valid_until'] or '-'}, binding {r['host_binding']}, "
             f"roles {','.join(r['roles']) or '-'}: {state}"  # type: ignore[arg-type]
         )

@@ -8,7 +8,8 @@ GPU copies once, then zeroes the plaintext buffer. A memory budget that is too s
 instead of offloading to disk (D2): nothing here passes ``device_map`` or ``offload_folder``.
 
 This is the only module that imports ``transformers``; it does so lazily, after forcing offline
-mode, so that importing `appliance` stays cheap and nothing can reach a model hub.
+mode, so that importing `appliance` stays cheap and nothing can reach a model hub. Other modules
+that need it (the GGUF import, `appliance.llm.gguf_import`) get it from :func:`import_transformers`.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def _load(name: str, files: Mapping[str, bytearray], options: LoadOptions) -> Lo
     weight_names = _weight_file_names(files)
     state = state_dict_from_files({k: files[k] for k in weight_names})
     _check_budget(name, state, dtype, options.max_memory_bytes)
-    transformers = _import_transformers()
+    transformers = import_transformers()
     state, copied = _place(state, dtype, device)
     if copied:
         for weight_name in weight_names:
@@ -190,7 +191,8 @@ def _place(
     return placed, True
 
 
-def _import_transformers() -> ModuleType:
+def import_transformers() -> ModuleType:
+    """``transformers``, imported lazily in offline mode (the one place that imports it)."""
     offline_env()
     try:
         import transformers
@@ -200,6 +202,14 @@ def _import_transformers() -> ModuleType:
             hint="Reinstall the appliance with its locked requirements.",
         ) from None
     return transformers
+
+
+def gguf_architectures() -> list[str]:
+    """Architectures the installed transformers converts from GGUF (for the GGUF import)."""
+    import_transformers()
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    return sorted(GGUF_SUPPORTED_ARCHITECTURES)
 
 
 def _build_config(transformers: ModuleType, config_dict: dict[str, Any]) -> Any:

@@ -10,6 +10,10 @@ The buffer is untrusted until this module has validated it: the header length is
 offset is checked against the buffer, tensors must tile the data section exactly (sorted, no
 overlap, no gap, no trailing bytes), and each byte range must equal ``prod(shape) * itemsize``.
 Nothing is allocated from a size the header claims; every error is a :class:`ModelLoadError`.
+
+:func:`serialize_state_dict` is the inverse, for models built in memory (a dequantised GGUF
+import): one bytearray holding the file, so the plaintext can be encrypted and then zeroed
+without ever being written to disk.
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ _DTYPES: dict[str, torch.dtype] = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+
+_CODES: dict[torch.dtype, str] = {dtype: code for code, dtype in _DTYPES.items()}
+#: Where the data section starts is padded to this, so every tensor view is aligned.
+_ALIGN = 8
 
 _HINT = "Re-import the model from the customer's original directory with `appliance model import`."
 
@@ -224,3 +232,44 @@ def state_dict_from_files(files: Mapping[str, bytearray]) -> dict[str, torch.Ten
         f"The model has neither {SINGLE_NAME} nor {INDEX_NAME}.",
         hint="Only safetensors checkpoints are supported; convert the model and import it again.",
     )
+
+
+def serialize_state_dict(
+    state: Mapping[str, torch.Tensor], *, metadata: Mapping[str, str] | None = None
+) -> bytearray:
+    """The safetensors file of ``state`` as one new bytearray (one copy of every tensor).
+
+    Tensors are laid out by name, the header is padded with spaces so that the data section
+    starts 8-byte aligned (as the reference writer does), and the result parses with
+    :func:`tensors_from_buffer` back into equal tensors. Shared storage is written once per name:
+    drop tied duplicates before calling (the loader ties them again).
+    """
+    header: dict[str, Any] = {}
+    spans: list[tuple[str, int, int]] = []
+    offset = 0
+    for name in sorted(state):
+        tensor = state[name]
+        if tensor.dtype not in _CODES:
+            raise ValueError(f"tensor {name!r} has dtype {tensor.dtype}, which safetensors lacks")
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {
+            "dtype": _CODES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        spans.append((name, offset, size))
+        offset += size
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-(8 + len(raw)) % _ALIGN)
+    start = 8 + len(raw)
+    out = bytearray(start + offset)
+    out[:8] = len(raw).to_bytes(8, "little")
+    out[8:start] = raw
+    for name, begin, size in spans:
+        if size:
+            target = torch.frombuffer(out, dtype=torch.uint8, count=size, offset=start + begin)
+            source = state[name].detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+            target.copy_(source)
+    return out

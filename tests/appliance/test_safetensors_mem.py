@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from appliance.errors import ModelLoadError
 from appliance.llm.safetensors_mem import (
     MAX_HEADER_BYTES,
+    serialize_state_dict,
     state_dict_from_files,
     tensors_from_buffer,
 )
@@ -222,3 +223,25 @@ def test_inconsistent_shards_are_refused(edit) -> None:
     edit(files)
     with pytest.raises(ModelLoadError):
         state_dict_from_files(files)
+
+
+def test_serialized_state_dict_parses_back_here_and_in_the_reference_library() -> None:
+    state = _sample()
+    state["scalar"] = torch.tensor(3.5)
+    state["strided"] = torch.arange(12, dtype=torch.float32).reshape(3, 4).t()  # not contiguous
+    buf = serialize_state_dict(state, metadata={"format": "pt"})
+    assert isinstance(buf, bytearray)
+    header_len = int.from_bytes(buf[:8], "little")
+    assert (8 + header_len) % 8 == 0  # the data section starts aligned: views need no copy
+    ours = tensors_from_buffer(buf)
+    reference = safetensors.torch.load(bytes(buf))
+    assert set(ours) == set(reference) == set(state)
+    for name, tensor in state.items():
+        assert ours[name].dtype == tensor.dtype and torch.equal(ours[name], tensor), name
+        assert torch.equal(reference[name], tensor), name
+    assert json.loads(buf[8 : 8 + header_len])["__metadata__"] == {"format": "pt"}
+
+
+def test_serialize_refuses_a_dtype_safetensors_lacks() -> None:
+    with pytest.raises(ValueError, match="complex64"):
+        serialize_state_dict({"c": torch.zeros(2, dtype=torch.complex64)})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -13,12 +14,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from secure.errors import SecureError, TamperedError
+from secure._encoding import canonical_json
+from secure.errors import FormatError, SecureError, TamperedError
 from secure.issuer import IssuerKey, IssuerPublic
 from secure.package import (
     Manifest,
+    PackageSource,
+    SourceFile,
+    _mac_key,
     decrypt_package,
     iter_integrity_problems,
+    package_files,
     package_model,
     read_manifest,
     unseal_package_key,
@@ -142,6 +148,105 @@ def test_install_refuses_tampered_package_with_reason(tmp_path: Path) -> None:
     entry = home2.audit.tail(1)[0]
     assert (entry.action, entry.outcome, entry.reason) == ("model.install", "refused", "TAMPERED")
     assert "hash differs" in entry.details["detail"] or "structural" in entry.details["detail"]
+
+
+# ----- source record (provenance) -------------------------------------------------------
+
+
+def test_hf_dir_package_records_every_source_digest(tmp_path: Path) -> None:
+    src = write_model_dir(tmp_path / "src")
+    manifest = package_model(
+        src, tmp_path / "pkg", name="m", issuer=IssuerKey.generate("v").public(), now=NOW
+    )
+    assert manifest.source is not None and manifest.source.format == "hf-dir"
+    assert manifest.source.dtype is None
+    recorded = {f.name: (f.size, f.sha256) for f in manifest.source.files}
+    expected = {
+        name: ((src / name).stat().st_size, digest) for name, digest in tree_digest(src).items()
+    }
+    assert recorded == expected
+
+
+def test_package_files_from_memory_round_trip(tmp_path: Path) -> None:
+    files = {"model.safetensors": bytearray(os.urandom(2 * 1024 * 1024 + 5)), "config.json": b"{}"}
+    source = PackageSource("gguf", (SourceFile("m.gguf", 7, "ab" * 32),), dtype="fp32")
+    issuer = IssuerKey.generate("vendor")
+    manifest = package_files(
+        files, tmp_path / "pkg", name="m", issuer=issuer.public(), now=NOW, source=source
+    )
+    assert manifest.source == source
+    assert sorted(os.listdir(tmp_path)) == ["pkg"]
+    opened, key = unseal_package_key(tmp_path / "pkg", issuer)
+    assert opened.source == source
+    plain = decrypt_package(tmp_path / "pkg", opened, key, threads=2)
+    assert {n: bytes(b) for n, b in plain.items()} == {n: bytes(b) for n, b in files.items()}
+    assert list(iter_integrity_problems(tmp_path / "pkg", manifest)) == []
+
+
+@pytest.mark.parametrize("bad", ["../escape", "/abs", ""])
+def test_package_files_refuses_unsafe_names_and_writes_nothing(tmp_path: Path, bad: str) -> None:
+    source = PackageSource("gguf", (SourceFile("m.gguf", 1, "0" * 64),), dtype="fp32")
+    with pytest.raises(SecureError) as info:
+        package_files(
+            {bad: b"x"},
+            tmp_path / "pkg",
+            name="m",
+            issuer=IssuerKey.generate("v").public(),
+            now=NOW,
+            source=source,
+        )
+    assert info.value.code == "INVALID_SOURCE"
+    assert os.listdir(tmp_path) == []
+
+
+def test_source_record_is_covered_by_the_manifest_mac(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    pkg = tmp_path / "pkg"
+    raw = json.loads((pkg / "manifest.json").read_bytes())
+    raw["source"]["files"][0]["sha256"] = "0" * 64
+    (pkg / "manifest.json").write_bytes(canonical_json(raw))
+    with pytest.raises(TamperedError):
+        unseal_package_key(pkg, world.issuer)
+
+
+def test_package_without_source_record_still_opens(tmp_path: Path) -> None:
+    """A package made before the source record existed: same manifest minus ``source``."""
+    world = make_world(tmp_path)
+    pkg = tmp_path / "pkg"
+    _, key = unseal_package_key(pkg, world.issuer)
+    raw = json.loads((pkg / "manifest.json").read_bytes())
+    del raw["source"]
+    old = canonical_json(raw)
+    (pkg / "manifest.json").write_bytes(old)
+    (pkg / "manifest.mac").write_text(hmac.new(_mac_key(key), old, hashlib.sha256).hexdigest())
+    manifest, key = unseal_package_key(pkg, world.issuer)
+    assert manifest.source is None
+    assert set(decrypt_package(pkg, manifest, key)) == {f.name for f in manifest.files}
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"format": "zip", "files": [{"name": "a", "size": 1, "sha256": "0" * 64}]},
+        {"format": "gguf", "files": [{"name": "a", "size": 1, "sha256": "0" * 64}]},
+        {"format": "hf-dir", "dtype": "fp32", "files": [{"name": "a", "size": 1, "sha256": "0"}]},
+        {"format": "hf-dir", "files": [{"name": "a", "size": 1, "sha256": "G" * 64}]},
+        {"format": "hf-dir", "files": [{"name": "../a", "size": 1, "sha256": "0" * 64}]},
+        {"format": "hf-dir", "files": [{"name": "a", "size": -1, "sha256": "0" * 64}]},
+        {"format": "hf-dir", "files": []},
+        {"format": "hf-dir", "files": [{"name": "a", "size": 1, "sha256": "0" * 64, "x": 1}]},
+        {"format": "hf-dir", "files": [{"name": "a", "size": 1, "sha256": "0" * 64}], "x": 1},
+        {"format": "gguf", "dtype": "q4", "files": [{"name": "a", "size": 1, "sha256": "0" * 64}]},
+        "gguf",
+    ],
+)
+def test_malformed_source_record_refused(tmp_path: Path, source: object) -> None:
+    src = write_model_dir(tmp_path / "src", big=100)
+    package_model(src, tmp_path / "pkg", name="m", issuer=IssuerKey.generate("v").public(), now=1)
+    raw = json.loads((tmp_path / "pkg" / "manifest.json").read_bytes())
+    raw["source"] = source
+    with pytest.raises(FormatError):
+        Manifest.from_bytes(canonical_json(raw))
 
 
 # ----- parser fuzzing: manifest and issuer public key -------------------------------------
