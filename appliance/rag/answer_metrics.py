@@ -175,7 +175,9 @@ def contains_answer(passage: str, golds: Iterable[str], language: str) -> bool:
     """Whether ``passage`` holds one of ``golds`` after the language's normalisation."""
     if language == "zh":
         text = _cmrc_strip(unicodedata.normalize("NFKC", passage))
-        return any(g.strip() and _cmrc_strip(unicodedata.normalize("NFKC", g)) in text for g in golds)
+        return any(
+            g.strip() and _cmrc_strip(unicodedata.normalize("NFKC", g)) in text for g in golds
+        )
     text = f" {squad_normalize(passage)} "
     return any(squad_normalize(g) and f" {squad_normalize(g)} " in text for g in golds)
 

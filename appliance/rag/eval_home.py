@@ -221,8 +221,7 @@ def _serve_model(
     if not state.loaded:
         manager.close()
         raise ModelLoadError(
-            f"The model from {source} could not be unlocked [{state.reason_code}]: "
-            f"{state.reason}",
+            f"The model from {source} could not be unlocked [{state.reason_code}]: {state.reason}",
             hint="Check that it is a Hugging Face causal LM directory.",
         )
     return manager

@@ -141,7 +141,9 @@ def _question(
             'has no gold answers ("metadata.answers") and is not marked "metadata.impossible"',
         )
     doc = meta.get("doc")
-    source = str(doc) if isinstance(doc, str | int) and str(doc) in titles else min(gold, default="")
+    source = (
+        str(doc) if isinstance(doc, str | int) and str(doc) in titles else min(gold, default="")
+    )
     return QaQuestion(qid, text, answers, impossible, gold, titles.get(source, ""))
 
 

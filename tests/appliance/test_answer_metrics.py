@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from appliance.rag.answer_eval import AnswerRecord, summarise_mode
@@ -121,13 +123,17 @@ def test_contains_answer() -> None:
     assert not contains_answer("若游戏中离", ["4分钟"], "zh")
 
 
-GOLD = dict(golds=["Saudi Arabia"], gold_docs={"p1"}, language="en")
+GOLD: dict[str, Any] = {"golds": ["Saudi Arabia"], "gold_docs": {"p1"}, "language": "en"}
 
 
 def test_score_answer_counts_right_citations() -> None:
     cited = [("p1", "unrelated text"), ("p2", "Aid came from Saudi Arabia."), ("p3", "no")]
     s = score_answer(
-        text="Saudi Arabia [1][2][3].", not_found=False, cited_sources=cited, impossible=False, **GOLD
+        text="Saudi Arabia [1][2][3].",
+        not_found=False,
+        cited_sources=cited,
+        impossible=False,
+        **GOLD,
     )
     assert (s.em, s.f1, s.abstained, s.cited, s.cited_right) == (1.0, 1.0, False, 3, 2)
 
@@ -146,7 +152,9 @@ def test_abstention_scores_as_the_empty_answer() -> None:
     assert (s.em, s.f1, s.abstained) == (None, None, True)
 
 
-def _record(impossible: bool, score: QuestionScore, seconds: float, tokens: int = 0) -> AnswerRecord:
+def _record(
+    impossible: bool, score: QuestionScore, seconds: float, tokens: int = 0
+) -> AnswerRecord:
     q = QaQuestion("q", "?", () if impossible else ("a",), impossible, frozenset(), "")
     return AnswerRecord(q, score, seconds, tokens=tokens, decode_s=tokens / 10, first_token_s=0.5)
 
@@ -164,7 +172,9 @@ def test_mode_summary_by_hand() -> None:
     assert s["f1"] == pytest.approx(0.5)
     assert s["citation_precision"] == pytest.approx(2 / 3, abs=1e-4)  # 2 right of 3 cited
     assert s["right_citation_rate"] == pytest.approx(2 / 3, abs=1e-4)
-    assert s["abstention_accuracy"] == 0.5 and s["false_abstention"] == pytest.approx(1 / 3, abs=1e-4)
+    assert s["abstention_accuracy"] == 0.5 and s["false_abstention"] == pytest.approx(
+        1 / 3, abs=1e-4
+    )
     assert s["p50_s"] == 3.0 and s["p95_s"] == pytest.approx(4.8)
     # decoded tokens after the first: 10 + 20 + 10 + 10 + 0 = 50 over 1.1+2.1+1.1+1.1 s
     assert s["tokens_per_s"] == pytest.approx(50 / 5.4, abs=0.01)

@@ -46,7 +46,7 @@ def test_squad_subset_and_its_fixed_split() -> None:
     assert (len(data.passages), len(data.questions)) == (642, 4470)
     assert sum(x.impossible for x in data.questions) == 348
     titles = {x.article for x in data.questions}
-    assert TUNE_ARTICLES < titles and len(titles) == 9
+    assert titles > TUNE_ARTICLES and len(titles) == 9
     tune, held = data.only("tune").questions, data.only("held-out").questions
     assert len(tune) + len(held) == 4470 and len(held) == 2407
     assert {x.article for x in tune}.isdisjoint({x.article for x in held})
@@ -66,9 +66,7 @@ def test_cmrc_trial_is_all_held_out() -> None:
 
 def test_missing_answers_come_from_a_squad_json(tmp_path: Path) -> None:
     squad = {
-        "data": [
-            {"paragraphs": [{"qas": [{"id": "q1", "answers": [{"text": "48,000 euros"}]}]}]}
-        ]
+        "data": [{"paragraphs": [{"qas": [{"id": "q1", "answers": [{"text": "48,000 euros"}]}]}]}]
     }
     root = write_set(tmp_path / "s", [q("q1"), q("q2", ["28 days"])], "q1\tp1\t1\n", squad)
     data = load_qa_set(root)
@@ -110,7 +108,9 @@ def test_missing_files(tmp_path: Path) -> None:
 
 
 def test_sampling_is_seeded_proportional_and_in_file_order(tmp_path: Path) -> None:
-    queries = [q(f"a{i}", ["x"]) for i in range(90)] + [q(f"u{i}", impossible=True) for i in range(10)]
+    queries = [q(f"a{i}", ["x"]) for i in range(90)] + [
+        q(f"u{i}", impossible=True) for i in range(10)
+    ]
     data = load_qa_set(write_set(tmp_path / "s", queries))
     first = sample_questions(data.questions, 20, seed=7)
     assert first == sample_questions(data.questions, 20, seed=7)
