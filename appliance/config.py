@@ -199,6 +199,12 @@ class LlmSettings(_Section):
         0, ge=0, description="prompt budget in tokens (0 = the model's own context length)"
     )
     temperature: float = Field(0.0, ge=0, le=2, description="sampling temperature (0 = greedy)")
+    stop_repeat_tokens: int = Field(
+        20,
+        ge=0,
+        description="stop an answer once its last N tokens repeat a run it already wrote (a "
+        "small model's loop would otherwise run to max_new_tokens); 0 = never",
+    )
     policy_recheck_s: float = Field(
         60.0, gt=0, description="how often a loaded model's policy is checked again"
     )
@@ -216,6 +222,16 @@ class AnswerSettings(_Section):
     )
     history_turns: int = Field(
         4, ge=0, le=50, description="earlier question/answer pairs given to the model"
+    )
+    best_source_last: bool = Field(
+        True,
+        description="write the passages into the prompt best last, right before the question "
+        "(they keep their numbers: [1] is still the best)",
+    )
+    cite_support: bool = Field(
+        True,
+        description="a generated answer that cites nothing gets the source that holds most of "
+        "what it says (at least 60 % of its words), never one that does not",
     )
 
 

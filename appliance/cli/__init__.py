@@ -19,6 +19,7 @@ from ..errors import ApplianceError
 from ._context import CliContext, take_secret_env
 from .admin_cmds import audit, keys, users
 from .docs_cmds import docs, eval_group, ingest, search
+from .eval_cmds import eval_answers
 from .init_cmds import identity, init, issuer
 from .model_cmds import model, policy
 from .ops_cmds import report, status
@@ -65,6 +66,7 @@ for command in (
     ask,
 ):
     cli.add_command(command)
+eval_group.add_command(eval_answers)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import Cancelled, Forbidden, InvalidInput, ModelUnavailable
 from .answer_types import Answer, AnswerEvent, Mode, Source
+from .attribute import supporting_source
 from .cite import CitationFilter
 from .extractive import extractive_answer
 from .lang import detect_language
@@ -48,6 +49,9 @@ class EngineOptions:
     request_timeout_s: float = 180.0
     question_logging: str = "hmac"
     threads: int | None = None  # torch threads for generation (None: torch's default)
+    best_source_last: bool = True  # write the best passage right before the question
+    cite_support: bool = True  # an answer that cites nothing cites the source holding it
+    stop_repeat_tokens: int = 20  # stop a generation looping over this many tokens (0: never)
 
 
 @dataclass
@@ -231,6 +235,7 @@ class AnswerEngine:
             max_new_tokens=max_new,
             max_passages=o.passages,
             history=turns,
+            best_last=o.best_source_last,
         )
         sources = tuple(Source.from_passage(i, p) for i, p in enumerate(prompt.sources, 1))
         yield AnswerEvent("sources", sources=sources)
@@ -245,6 +250,7 @@ class AnswerEngine:
             deadline=time.monotonic() + o.request_timeout_s,
             cancel=lease.cancel,
             threads=o.threads,
+            stop_repeat_tokens=o.stop_repeat_tokens,
         )
         if cancel is not None:
             _link(cancel, request.cancel)
@@ -264,7 +270,13 @@ class AnswerEngine:
             raise Cancelled("The answer was cancelled (client gone or model unloaded).")
         text = "".join(parts).strip()
         not_found = is_not_found(text, turn.language)
-        return self._gen_answer(turn, lease.name, text, list(sources), filt.cited, not_found, stats)
+        cited = filt.cited
+        if o.cite_support and not cited and not not_found:
+            n = supporting_source(text, turn.question, [s.text for s in sources])
+            if n is not None:
+                text, cited = f"{text} [{n}]", [n]
+                yield AnswerEvent("delta", text=f" [{n}]")
+        return self._gen_answer(turn, lease.name, text, list(sources), cited, not_found, stats)
 
     def _gen_answer(
         self,

@@ -10,6 +10,9 @@ Layout (golden files in ``tests/appliance/golden/`` show it rendered):
   sources);
 * a **user** message holding the sources, each as
   ``<source id="n" document=".." section=".." page="..">text</source>``, then the question.
+  Sources are numbered by rank (``1`` is the best passage, as every channel lists them); with
+  ``best_last`` (the engine's default, ``answer.best_source_last``) they are *written* in reverse,
+  so that the best passage stands right before the question, where small models read best.
 
 Documents cannot break out of their data block: ``<source``/``</source`` inside a passage become
 ``&lt;source``, and the tokenizer's special and added tokens (``<|im_end|>``, ``<|im_start|>``…)
@@ -148,6 +151,7 @@ def build_prompt(
     max_new_tokens: int,
     max_passages: int,
     history: Sequence[tuple[str, str]] = (),
+    best_last: bool = False,
 ) -> Prompt:
     """The prompt for ``question`` over ``passages`` (best first); see the module doc."""
     language = question_language(question)
@@ -167,10 +171,10 @@ def build_prompt(
     room = limit - count(layout.render(kept_turns, []))
     offered = [p for p in passages[:max_passages] if p.text.strip()]
     fitted = _fit_sources(offered, specials, count, room)
-    text = layout.render(kept_turns, fitted.blocks)
+    text = layout.render(kept_turns, fitted.ordered(best_last))
     while count(text) > limit and fitted.blocks:  # tokens merge differently at joins
         fitted = fitted.shrink(count(text) - limit, count)
-        text = layout.render(kept_turns, fitted.blocks)
+        text = layout.render(kept_turns, fitted.ordered(best_last))
     return Prompt(
         text=text,
         sources=tuple(fitted.passages),
@@ -321,6 +325,10 @@ class _Fitted:
             _source_block(i + 1, p, t)
             for i, (p, t) in enumerate(zip(self.passages, self.texts, strict=True))
         ]
+
+    def ordered(self, best_last: bool) -> list[str]:
+        """The blocks in the order they are written (numbers always follow the rank)."""
+        return self.blocks[::-1] if best_last else self.blocks
 
     def shrink(self, overflow: int, count: _Count) -> _Fitted:
         """Cut the last passage by at least ``overflow`` tokens (or drop it)."""

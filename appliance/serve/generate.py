@@ -29,7 +29,7 @@ class GenerationStats:
     tokens: int = 0
     first_token_s: float | None = None
     seconds: float = 0.0
-    stopped: str = ""  # "", "cancelled", "deadline"
+    stopped: str = ""  # "", "cancelled", "deadline", "repetition"
 
     @property
     def tokens_per_s(self) -> float:
@@ -45,6 +45,9 @@ class GenerationRequest:
     deadline: float | None = None  # time.monotonic() value
     cancel: threading.Event = field(default_factory=threading.Event)
     threads: int | None = None  # torch threads of the generating thread (None: torch's own)
+    #: stop once the last N generated tokens already occurred, in a row, earlier in the answer
+    #: (a loop: small models repeat a sentence until the token limit); 0 = never
+    stop_repeat_tokens: int = 0
 
 
 def _streamer_class() -> Any:
@@ -82,9 +85,22 @@ def _stopping(request: GenerationRequest, stats: GenerationStats) -> Any:
                 stats.stopped, stop = "cancelled", True
             elif request.deadline is not None and time.monotonic() > request.deadline:
                 stats.stopped, stop = "deadline", True
+            elif repeating(
+                input_ids[0, stats.prompt_tokens :].tolist(), request.stop_repeat_tokens
+            ):
+                stats.stopped, stop = "repetition", True
             return torch.full((input_ids.shape[0],), stop, dtype=torch.bool)
 
     return StoppingCriteriaList([Stop()])
+
+
+def repeating(ids: list[int], run: int) -> bool:
+    """Whether the last ``run`` of ``ids`` already occurred, contiguous, earlier in ``ids``
+    (overlapping the end is fine: a short cycle repeated is a loop too)."""
+    if run <= 0 or len(ids) <= run:
+        return False
+    tail, first = ids[-run:], ids[-run]
+    return any(ids[i] == first and ids[i : i + run] == tail for i in range(len(ids) - run))
 
 
 def stream_generate(

@@ -55,6 +55,9 @@ def engine_options(settings: Settings) -> EngineOptions:
         request_timeout_s=settings.serve.request_timeout_s,
         question_logging=settings.security.question_logging,
         threads=generation_threads(settings),
+        best_source_last=a.best_source_last,
+        cite_support=a.cite_support,
+        stop_repeat_tokens=llm.stop_repeat_tokens,
     )
 
 

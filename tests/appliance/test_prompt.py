@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,7 @@ CASES = {
     "en": ("What is the per diem in Oslo, and who approves trips?", EN_PASSAGES, HISTORY, {}),
     "zh": ("超过500欧元的出差由谁审批？", ZH_PASSAGES, (), {}),
     "en_tight": ("Who approves trips?", EN_PASSAGES, HISTORY, {"context_tokens": 1150}),
+    "en_best_last": ("Who approves trips?", EN_PASSAGES, (), {"best_last": True}),
 }
 
 
@@ -324,3 +326,17 @@ def test_is_not_found(answer: str) -> None:
 )
 def test_is_not_found_rejects_real_answers(answer: str) -> None:
     assert not is_not_found(answer, "en")
+
+
+def test_best_last_reverses_the_writing_not_the_numbers(tokenizer: Any) -> None:
+    first = build(tokenizer, "Who approves trips?")
+    last = build(tokenizer, "Who approves trips?", best_last=True)
+    assert last.sources == first.sources and last.prompt_tokens == first.prompt_tokens
+    ids = [int(m) for m in re.findall(r'<source id="(\d+)"', last.text)]
+    assert ids == [4, 3, 2, 1]  # [1] (the best passage) stands right before the question
+    assert last.text.index('<source id="1"') > last.text.index('<source id="2"')
+    tight = build(tokenizer, "Who approves trips?", best_last=True, context_tokens=1150)
+    assert (
+        tight.truncated
+        and tight.sources == build(tokenizer, "Who approves trips?", context_tokens=1150).sources
+    )  # the budget still cuts the worst passage
