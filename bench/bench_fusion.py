@@ -330,7 +330,10 @@ def main() -> None:
     gains = [0.0] * len(static) + [a.gain for a in adaptive]
 
     def distances(prior: FusionPolicy) -> list[tuple[float, ...]]:
-        return [(float(g != 0.0), *prior_distance(p, prior)) for p, g in zip(policies, gains)]
+        return [
+            (float(g != 0.0), *prior_distance(p, prior))
+            for p, g in zip(policies, gains, strict=True)
+        ]
 
     n_static = len(static)
 

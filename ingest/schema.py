@@ -108,9 +108,8 @@ class DenseIndex:
 
     def __post_init__(self) -> None:
         if self.kind not in DENSE_INDEX_TYPES:
-            raise ValueError(
-                f"Unknown dense index type {self.kind!r}: use one of {', '.join(DENSE_INDEX_TYPES)}."
-            )
+            kinds = ", ".join(DENSE_INDEX_TYPES)
+            raise ValueError(f"Unknown dense index type {self.kind!r}: use one of {kinds}.")
         for name, low, high in (
             ("hnsw_m", 2, 2048),
             ("hnsw_ef_construction", 1, 1 << 16),

@@ -29,7 +29,6 @@ from .errors import IngestError
 from .schema import (
     DEFAULT_COLLECTION,
     DEFAULT_DENSE_INDEX,
-    LITE_INDEX_TYPES,
     F_DENSE,
     F_DOC,
     F_GROUPS,
@@ -41,6 +40,7 @@ from .schema import (
     F_SPARSE,
     F_TOKENS,
     F_VERSION,
+    LITE_INDEX_TYPES,
     MAX_DIM,
     MAX_DOC_ID,
     MAX_GROUP,

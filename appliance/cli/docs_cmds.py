@@ -368,7 +368,7 @@ def eval_retrieval(
     current constants."""
     from ingest.embed import Embedder
 
-    from ..config import Settings, load_settings
+    from ..config import load_settings
     from ..wiring import dense_index, fusion_policy
 
     has_home = (ctx.home / "appliance.toml").is_file()
@@ -377,7 +377,7 @@ def eval_retrieval(
             f"--fit writes to {ctx.home / 'appliance.toml'}, which does not exist.",
             hint="Point --home at the appliance home (or run `appliance init`), or add --dry-run.",
         )
-    settings = load_settings(ctx.home) if ctx.home.exists() else Settings()
+    settings = load_settings(ctx.home)  # the defaults where the home has no appliance.toml
     e = settings.embedding
     embedder = Embedder.load(e.model, device=e.device, batch_size=e.batch_size)
     options: dict[str, Any] = {

@@ -39,7 +39,7 @@ from .fuse import (
     fixed_trust,
     normalise,
 )
-from .runs import K, DevSet, QueryRun
+from .runs import DevSet, K, QueryRun
 
 __all__ = [
     "MIN_GAIN",
@@ -229,7 +229,7 @@ def choose(
         for w, m in zip(weights, scores, strict=True)
     )
     near = np.flatnonzero(objective >= objective[best] - np.sqrt(variance))
-    return int(min(near, key=lambda i: (distances[i], -objective[i], i)))
+    return int(min((int(i) for i in near), key=lambda i: (distances[i], -objective[i], i)))
 
 
 # -- k-fold fit on one set ----------------------------------------------------------------------

@@ -155,3 +155,22 @@ def test_write_settings_names_environment_overrides(
     assert write_settings(home, "retrieval", {"fusion_dense_weight": 0.6}) == [
         "APPLIANCE__RETRIEVAL__FUSION_DENSE_WEIGHT"
     ]
+
+
+def test_eval_measures_a_server_only_index_as_exact_search(tmp_path: Path) -> None:
+    """The scratch collection is Milvus Lite, which refuses HNSW: eval falls back to FLAT."""
+    home = home_with(tmp_path)
+    write_settings(home, "milvus", {"index_type": "HNSW"})
+    folder = distinct_topics(tmp_path / "topics")
+    result = CliRunner().invoke(
+        cli,
+        ["--home", str(home), "eval", "retrieval", "--beir", str(folder), "--json"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["settings"] == {
+        "dense_index": "FLAT",
+        "fusion": "convex, bounds-normalised, dense weight 0.80",
+    }
+    assert out["hybrid"]["ndcg@10"] == 1.0

@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.rag.fit import (
-    MIN_GAIN,
     candidates,
     choose,
     fit_kfold,
@@ -39,9 +38,11 @@ def synthetic(
         for d in docs:
             for n in range(2):
                 doc_of[f"{d}#{n}"] = d
-        relevant = docs[0]
 
-        def ranking(good: float, top: float, spread: float) -> tuple[Ranked, ...]:
+        def ranking(
+            good: float, top: float, spread: float, docs: list[str] = docs
+        ) -> tuple[Ranked, ...]:
+            relevant = docs[0]
             order = docs[1:]
             rng.shuffle(order)
             at = rng.randint(0, 2) if rng.random() < good else rng.randint(10, 25)
@@ -56,7 +57,7 @@ def synthetic(
                 text,
                 ranking(dense_good, 0.7, 0.004),
                 ranking(sparse_good, 20.0, 0.5),
-                {relevant: 1, docs[5]: 0},
+                {docs[0]: 1, docs[5]: 0},
             )
         )
     return DevSet("synthetic", tuple(runs), doc_of, 30)
@@ -101,7 +102,6 @@ def test_one_standard_error_rule_prefers_the_prior_within_noise() -> None:
 
 
 def test_small_sets_weigh_less_than_large_ones() -> None:
-    grid = [FusionPolicy(dense_weight=w) for w in (0.2, 0.8)]
     distances = [(0.0,), (0.0,)]
     small = np.array([[0.0] * 10, [1.0] * 10])  # 10 queries prefer the second
     large = np.array([[0.7] * 1000, [0.5] * 1000])  # 1,000 prefer the first, less strongly

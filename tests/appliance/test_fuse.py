@@ -152,7 +152,7 @@ def test_the_shipped_default_is_the_leave_one_collection_out_choice() -> None:
     from appliance.config import Settings
     from appliance.wiring import fusion_policy
 
-    assert DEFAULT_FUSION == FusionPolicy("convex", "bounds", 0.8, 60)
+    assert FusionPolicy("convex", "bounds", 0.8, 60) == DEFAULT_FUSION
     assert fusion_policy(Settings()) == DEFAULT_FUSION
 
 

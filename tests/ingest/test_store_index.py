@@ -31,9 +31,7 @@ def open_store(path: Path, index: DenseIndex) -> ChunkStore:
 
 
 def fill(store: ChunkStore) -> None:
-    store.insert(
-        [record(f"doc{i}", f"passage number {i}", dense=MATRIX[i]) for i in range(ROWS)]
-    )
+    store.insert([record(f"doc{i}", f"passage number {i}", dense=MATRIX[i]) for i in range(ROWS)])
     store.flush()
 
 
