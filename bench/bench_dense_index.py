@@ -18,7 +18,8 @@ fields and real encrypted payloads as the appliance):
 The collection is written once with the first index and then reopened with each further index,
 which exercises the store's rebuild path (the index is rebuilt from the stored vectors). Latency
 is the store's dense search alone (no query embedding), at 10 hits and at the retriever's 100
-candidates. Writes ``bench/results/dense_index.json``.
+candidates. Writes ``bench/results/dense_index.json``, one entry per shape (a run replaces its
+own shape's entry and keeps the other).
 Run: ``nice -n 5 python bench/bench_dense_index.py [--chunks N] [--shape mixtures]``.
 """
 
@@ -187,8 +188,7 @@ def main() -> None:
             print(index.describe(), json.dumps(row), flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    out = {
-        "bench": "dense index recall@10 vs exact and search latency through ChunkStore",
+    entry = {
         "chunks": len(matrix),
         "real_vectors": len(real),
         "shape": args.shape,
@@ -199,6 +199,11 @@ def main() -> None:
         "load_avg_after": os.getloadavg(),
         "python": platform.python_version(),
     }
+    out: dict[str, Any] = {"shapes": {}}
+    if args.out.is_file():
+        out = json.loads(args.out.read_text())
+    out["bench"] = "dense index recall@10 vs exact and search latency through ChunkStore"
+    out["shapes"][args.shape] = entry
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
 
