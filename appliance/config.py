@@ -9,6 +9,8 @@ all and a test keeps the two in step.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -152,6 +154,33 @@ class MilvusSettings(_Section):
     )
     token: str = Field("", description="Milvus token (user:password) for a server")
     collection: str = Field("chunks", description="collection name")
+    index_type: Literal["FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"] = Field(
+        "FLAT",
+        description="dense vector index: FLAT (exact), IVF_FLAT (clustered, ivf_* settings), "
+        "HNSW (graph, hnsw_* settings; Milvus server only) or AUTOINDEX (Milvus chooses); "
+        "changing it, hnsw_m, hnsw_ef_construction or ivf_nlist rebuilds the index of an "
+        "existing collection from its stored vectors the next time it is opened",
+    )
+    hnsw_m: int = Field(16, ge=2, le=2048, description="HNSW: links per node (build parameter)")
+    hnsw_ef_construction: int = Field(
+        200, ge=1, le=65536, description="HNSW: candidates kept while building the graph"
+    )
+    hnsw_ef: int = Field(
+        128,
+        ge=1,
+        le=16384,
+        description="HNSW: candidates kept per search (at least the hits asked for); higher is "
+        "closer to exact and slower",
+    )
+    ivf_nlist: int = Field(
+        1024, ge=1, le=65536, description="IVF_FLAT: clusters the vectors are split into (build)"
+    )
+    ivf_nprobe: int = Field(
+        64,
+        ge=1,
+        le=65536,
+        description="IVF_FLAT: clusters scanned per search; higher is closer to exact and slower",
+    )
 
 
 class EmbeddingSettings(_Section):
@@ -173,6 +202,28 @@ class RetrievalSettings(_Section):
     top_k: int = Field(8, ge=1, le=100, description="passages returned per question")
     candidates: int = Field(
         100, ge=1, le=1000, description="results fetched from each retriever before fusion"
+    )
+    fusion: Literal["convex", "rrf"] = Field(
+        "convex",
+        description="how the embedder's and BM25's lists become one: convex (weighted sum of "
+        "normalised scores) or rrf (weighted reciprocal rank); chosen by leave-one-collection-"
+        "out (docs/benchmarks.md), refit on your own data with `appliance eval retrieval --fit`",
+    )
+    fusion_normalisation: Literal["bounds", "minmax", "zscore"] = Field(
+        "bounds",
+        description="convex only: bounds maps each list from its theoretical lowest score "
+        "(cosine -1, BM25 0) to its top score onto 0..1; minmax from its lowest returned score; "
+        "zscore to mean 0 and standard deviation 1",
+    )
+    fusion_dense_weight: float = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="the embedder's share of the fused score (BM25 gets the rest); a query in "
+        "a language the embedder does not read ranks by BM25 alone whatever this says",
+    )
+    fusion_rrf_k: int = Field(
+        60, ge=0, le=1000, description="rrf only: the constant k in weight / (k + rank)"
     )
 
 
@@ -416,6 +467,39 @@ def load_settings(home: Path, **overrides: object) -> Settings:
             f"Invalid settings ({problems}).",
             hint=f"Fix {toml_file} or the APPLIANCE__… environment variables.",
         ) from exc
+
+
+def write_settings(home: Path, section: str, values: Mapping[str, object]) -> list[str]:
+    """Set ``values`` in ``[section]`` of ``<home>/appliance.toml``, keeping its comments and
+    every other setting (the file is replaced atomically, with its permissions). Values are
+    checked against the section's model first: invalid ones raise :class:`ConfigError` and
+    nothing is written. Returns the environment variables that override what was written."""
+    import tomlkit
+    from pydantic import ValidationError
+
+    path = home / SETTINGS_FILE
+    text = path.read_text(encoding="utf-8") if path.is_file() else default_settings_text()
+    doc = tomlkit.parse(text)
+    if section not in doc:
+        doc[section] = tomlkit.table()
+    table = doc[section]
+    for key, value in values.items():
+        table[key] = value  # type: ignore[index]
+    model = Settings.model_fields[section].annotation
+    try:
+        model.model_validate(table.unwrap())  # type: ignore[union-attr]
+    except ValidationError as exc:
+        raise ConfigError(
+            f"Refusing to write invalid [{section}] settings: {exc.errors()[0]['msg']}.",
+            hint=f"Check the values for {', '.join(values)}.",
+        ) from None
+    tmp = path.with_name(f".{SETTINGS_FILE}.tmp")
+    tmp.write_text(tomlkit.dumps(doc), encoding="utf-8")
+    if path.is_file():
+        os.chmod(tmp, path.stat().st_mode & 0o7777)
+    os.replace(tmp, path)
+    names = {f"APPLIANCE__{section}__{key}".upper() for key in values}
+    return sorted(k for k in os.environ if k.upper() in names)
 
 
 def default_settings_text() -> str:

@@ -27,6 +27,7 @@ from secure.vault import DocumentVault, open_collection_key
 from .config import Settings
 from .errors import ConfigError
 from .rag.retrieve import Retriever
+from .wiring import dense_index, fusion_policy
 
 PUBLIC_GROUP = "public"
 REGISTRY_FILE = "registry.db"
@@ -66,6 +67,7 @@ class Knowledge:
             dim=info.dimension,
             model_id=info.model_id,
             token=self.settings.milvus.token,
+            dense_index=dense_index(self.settings),
         )
 
     @cached_property
@@ -150,6 +152,7 @@ class Knowledge:
             cipher=self.cipher,
             embedder_languages=self.embedder.info.languages,
             candidates=self.settings.retrieval.candidates,
+            fusion=fusion_policy(self.settings),
         )
 
 

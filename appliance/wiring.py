@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from secure.home import HomeLayout, UnlockedHome, create_home, unlock_home
 from secure.keys import KdfParams
@@ -16,6 +17,11 @@ from secure.models import ModelStore
 from .config import SETTINGS_FILE, Settings, default_settings_text
 from .conversations import ConversationStore
 from .users import ScryptParams, UserStore
+
+if TYPE_CHECKING:
+    from ingest.schema import DenseIndex
+
+    from .rag.fuse import FusionPolicy
 
 DB_FILE = "appliance.db"
 
@@ -26,6 +32,34 @@ def kdf_params(settings: Settings) -> KdfParams:
 
 def layout_for(settings: Settings) -> HomeLayout:
     return HomeLayout(settings.home)
+
+
+def dense_index(settings: Settings) -> DenseIndex:
+    """The dense index the `milvus.index_type` / `hnsw_*` / `ivf_*` settings ask for."""
+    from ingest.schema import DenseIndex
+
+    m = settings.milvus
+    return DenseIndex(
+        kind=m.index_type,
+        hnsw_m=m.hnsw_m,
+        hnsw_ef_construction=m.hnsw_ef_construction,
+        hnsw_ef=m.hnsw_ef,
+        ivf_nlist=m.ivf_nlist,
+        ivf_nprobe=m.ivf_nprobe,
+    )
+
+
+def fusion_policy(settings: Settings) -> FusionPolicy:
+    """The hybrid fusion the `retrieval.fusion*` settings ask for."""
+    from .rag.fuse import FusionPolicy
+
+    r = settings.retrieval
+    return FusionPolicy(
+        method=r.fusion,
+        normalisation=r.fusion_normalisation,
+        dense_weight=r.fusion_dense_weight,
+        rrf_k=r.fusion_rrf_k,
+    )
 
 
 @dataclass

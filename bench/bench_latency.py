@@ -6,7 +6,10 @@ Synthetic chunks: random unit vectors for the dense side (so the dense index doe
 sparse vectors from real text drawn from the msmarco passages (cycled), real encrypted payloads,
 and real registry rows (1,000 documents of 100 chunks). Queries are real msmarco queries.
 ``--groups N`` spreads the documents over N groups and searches as a reader of all of them (BM25
-statistics are kept per group and summed over the reader's groups at query time).
+statistics are kept per group and summed over the reader's groups at query time). The dense
+index is the default one (`milvus.index_type`) unless ``--index-type`` and its parameters say
+otherwise; the retriever fetches ``retrieval.candidates`` (100) hits from each list and fuses
+them with the default fusion.
 """
 
 from __future__ import annotations
@@ -33,7 +36,13 @@ from appliance.rag.retrieve import Retriever  # noqa: E402
 from ingest.bm25_stats import TermCounts  # noqa: E402
 from ingest.embed import Embedder  # noqa: E402
 from ingest.registry import Registry  # noqa: E402
-from ingest.schema import ChunkRecord, PassageText, seal_passage  # noqa: E402
+from ingest.schema import (  # noqa: E402
+    DEFAULT_DENSE_INDEX,
+    ChunkRecord,
+    DenseIndex,
+    PassageText,
+    seal_passage,
+)
 from ingest.sparse import Bm25Params, TermHasher, analyze, doc_term_freqs, doc_vector  # noqa: E402
 from ingest.store import ChunkStore  # noqa: E402
 from secure.records import RecordCipher  # noqa: E402
@@ -46,14 +55,22 @@ def group_names(n: int) -> list[str]:
 
 
 def build(
-    workdir: Path, n_chunks: int, per_doc: int, embedder: Embedder, groups: list[str]
+    workdir: Path,
+    n_chunks: int,
+    per_doc: int,
+    embedder: Embedder,
+    groups: list[str],
+    index: DenseIndex = DEFAULT_DENSE_INDEX,
 ) -> Retriever:
     data = load_beir(DATA)
     texts = [p.full_text for p in data.passages]
     hasher, cipher = TermHasher(os.urandom(32)), RecordCipher(os.urandom(32), context="bench")
     registry = Registry(workdir / "registry.db", durable=False)
     store = ChunkStore.open(
-        str(workdir / "milvus.db"), dim=embedder.info.dimension, model_id=embedder.info.model_id
+        str(workdir / "milvus.db"),
+        dim=embedder.info.dimension,
+        model_id=embedder.info.model_id,
+        dense_index=index,
     )
     rng = np.random.default_rng(0)
     tfs = [doc_term_freqs(analyze(t), hasher) for t in texts]
@@ -120,13 +137,18 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--groups", type=int, default=1, help="groups the documents spread over")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latency.json")
+    parser.add_argument("--index-type", default=DEFAULT_DENSE_INDEX.kind)
+    parser.add_argument("--ivf-nlist", type=int, default=DEFAULT_DENSE_INDEX.ivf_nlist)
+    parser.add_argument("--ivf-nprobe", type=int, default=DEFAULT_DENSE_INDEX.ivf_nprobe)
     args = parser.parse_args()
+    index = DenseIndex(args.index_type, ivf_nlist=args.ivf_nlist, ivf_nprobe=args.ivf_nprobe)
     embedder = Embedder.load("bundled")
+    load_before = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="kapp-lat-"))
     try:
         t0 = time.perf_counter()
         groups = group_names(args.groups)
-        retriever = build(workdir, args.chunks, 100, embedder, groups)
+        retriever = build(workdir, args.chunks, 100, embedder, groups, index)
         build_s = time.perf_counter() - t0
         queries = list(load_beir(DATA).queries.values())
         random.Random(0).shuffle(queries)
@@ -155,6 +177,10 @@ def main() -> None:
             "chunks": retriever.store.count(),
             "queries": len(sample),
             "groups": len(groups),
+            "dense_index": index.describe(),
+            "fusion": retriever.fusion.describe(),
+            "candidates": retriever.candidates,
+            "load_avg_before": load_before,
             "build_seconds": round(build_s, 1),
             "results": results,
             "query_embedding": {k: round(v, 2) for k, v in summarise(t_embed).items()},

@@ -33,8 +33,10 @@ from secure.records import RecordCipher
 from .errors import IngestError, SchemaMismatch
 
 __all__ = [
+    "DEFAULT_DENSE_INDEX",
     "ChunkRecord",
     "CollectionMeta",
+    "DenseIndex",
     "Hit",
     "PassageText",
     "check_doc_id",
@@ -64,23 +66,108 @@ MAX_SPARSE_INDEX = 2**32 - 2  # Milvus reserves 2**32-1
 MAX_LIMIT = 16_384  # Milvus' top-k ceiling
 OUTPUT_FIELDS = (F_DOC, F_VERSION, F_PAGE, F_GROUPS, F_PAYLOAD, F_KIND, F_LANGUAGE, F_TOKENS)
 
-# Index choice, in one place. Milvus Lite 2.5 builds FLAT, IVF_FLAT or AUTOINDEX for dense
-# vectors and ignores search parameters (nprobe, level, ef: identical results). Measured through
-# this store at 100k x 384-d with a groups filter, 2 shared cores: FLAT 17-19 ms p50, 20-100 ms
-# p95 (exact); AUTOINDEX (same results as IVF_FLAT on Lite) 3-9 ms p50, 5-15 ms p95. Below ~10k
-# rows both are exact (recall 1.0 vs brute force); at 100k near-duplicate-heavy rows AUTOINDEX
-# found 0.88 of the exact top 10 (nDCG@10 -0.03 on msmarco hidden among 95k distractors). The
-# hybrid budget (p95 <= 30 ms with a ~15 ms query embedding) leaves no room for FLAT, hence
-# AUTOINDEX; on a Milvus server AUTOINDEX is HNSW, both fast and near exact.
+# Index choice, in one place. The dense index is a setting (:class:`DenseIndex`, built from
+# `milvus.index_type` and its parameters); docs/benchmarks.md has the recall and latency measured
+# for each choice at 100k chunks (bench/bench_dense_index.py).
 DENSE_METRIC = "IP"  # vectors are L2-normalised, so IP is cosine
-DENSE_INDEX: dict[str, Any] = {"index_type": "AUTOINDEX", "metric_type": DENSE_METRIC, "params": {}}
-DENSE_SEARCH_PARAMS: dict[str, Any] = {"metric_type": DENSE_METRIC, "params": {}}
 SPARSE_INDEX: dict[str, Any] = {
     "index_type": "SPARSE_INVERTED_INDEX",
     "metric_type": "IP",
     "params": {"inverted_index_algo": "DAAT_MAXSCORE"},
 }
 SPARSE_SEARCH_PARAMS: dict[str, Any] = {"metric_type": "IP", "params": {}}
+
+DENSE_INDEX_TYPES = ("FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX")
+LITE_INDEX_TYPES = frozenset({"FLAT", "IVF_FLAT", "AUTOINDEX"})  # what Milvus Lite 2.5 builds
+
+
+@dataclass(frozen=True)
+class DenseIndex:
+    """How Milvus indexes and searches the dense vectors (the `milvus.index_*` settings).
+
+    * ``FLAT``: exact search, every row compared; no parameters.
+    * ``IVF_FLAT``: rows clustered into ``ivf_nlist`` lists; a search scans the ``ivf_nprobe``
+      nearest lists (more lists scanned: slower, closer to exact).
+    * ``HNSW`` (Milvus server only; Lite refuses it): a graph with ``hnsw_m`` links per node,
+      built with ``hnsw_ef_construction`` candidates; a search keeps ``hnsw_ef`` candidates
+      (at least the number of hits asked for).
+    * ``AUTOINDEX``: Milvus chooses (HNSW-like on a server); no parameters of ours.
+
+    The *build* parameters (type, ``hnsw_m``, ``hnsw_ef_construction``, ``ivf_nlist``) are part
+    of the index Milvus keeps, so :meth:`matches` compares them with what Milvus describes; the
+    *search* parameters (``hnsw_ef``, ``ivf_nprobe``) apply to each search and change nothing
+    stored.
+    """
+
+    kind: str = "FLAT"
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 200
+    hnsw_ef: int = 128
+    ivf_nlist: int = 1024
+    ivf_nprobe: int = 64
+
+    def __post_init__(self) -> None:
+        if self.kind not in DENSE_INDEX_TYPES:
+            kinds = ", ".join(DENSE_INDEX_TYPES)
+            raise ValueError(f"Unknown dense index type {self.kind!r}: use one of {kinds}.")
+        for name, low, high in (
+            ("hnsw_m", 2, 2048),
+            ("hnsw_ef_construction", 1, 1 << 16),
+            ("hnsw_ef", 1, MAX_LIMIT),
+            ("ivf_nlist", 1, 65_536),
+            ("ivf_nprobe", 1, 65_536),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"DenseIndex.{name} must be an integer in {low}..{high}.")
+
+    def build_params(self) -> dict[str, int]:
+        """The parameters Milvus builds the index with (and reports back in describe_index)."""
+        if self.kind == "HNSW":
+            return {"M": self.hnsw_m, "efConstruction": self.hnsw_ef_construction}
+        if self.kind == "IVF_FLAT":
+            return {"nlist": self.ivf_nlist}
+        return {}
+
+    def index_spec(self) -> dict[str, Any]:
+        """Keyword arguments of pymilvus ``IndexParams.add_index`` for the dense field."""
+        return {"index_type": self.kind, "metric_type": DENSE_METRIC, "params": self.build_params()}
+
+    def search_params(self, limit: int) -> dict[str, Any]:
+        """``search_params`` of one dense search returning ``limit`` hits."""
+        if self.kind == "HNSW":
+            return {"metric_type": DENSE_METRIC, "params": {"ef": max(self.hnsw_ef, limit)}}
+        if self.kind == "IVF_FLAT":
+            nprobe = min(self.ivf_nprobe, self.ivf_nlist)
+            return {"metric_type": DENSE_METRIC, "params": {"nprobe": nprobe}}
+        return {"metric_type": DENSE_METRIC, "params": {}}
+
+    def matches(self, described: Mapping[str, Any]) -> bool:
+        """Whether Milvus' ``describe_index`` answer is this index (type and build parameters;
+        Milvus reports parameters as strings and adds its own for AUTOINDEX)."""
+        if str(described.get("index_type", "")).upper() != self.kind:
+            return False
+        return all(str(described.get(k)) == str(v) for k, v in self.build_params().items())
+
+    def describe(self) -> str:
+        """How people read it, e.g. ``IVF_FLAT (nlist 1024, nprobe 64)``."""
+        params = {**self.build_params(), **self.search_params(1)["params"]}
+        if not params:
+            return self.kind
+        return f"{self.kind} ({', '.join(f'{k} {v}' for k, v in params.items())})"
+
+    @classmethod
+    def from_described(cls, described: Mapping[str, Any]) -> str:
+        """A short text of what Milvus describes (for messages), e.g. ``IVF_FLAT (nlist 128)``."""
+        kind = str(described.get("index_type", "?"))
+        params = {k: described[k] for k in ("M", "efConstruction", "nlist") if k in described}
+        if not params:
+            return kind
+        return f"{kind} ({', '.join(f'{k} {v}' for k, v in params.items())})"
+
+
+DEFAULT_DENSE_INDEX = DenseIndex()
+
 
 _GROUP = re.compile(r"[a-z0-9._-]{1,64}")
 _DOC_ID = re.compile(r"[A-Za-z0-9._-]{1,256}")

@@ -28,8 +28,7 @@ from typing import Any
 from .errors import IngestError
 from .schema import (
     DEFAULT_COLLECTION,
-    DENSE_INDEX,
-    DENSE_SEARCH_PARAMS,
+    DEFAULT_DENSE_INDEX,
     F_DENSE,
     F_DOC,
     F_GROUPS,
@@ -41,6 +40,7 @@ from .schema import (
     F_SPARSE,
     F_TOKENS,
     F_VERSION,
+    LITE_INDEX_TYPES,
     MAX_DIM,
     MAX_DOC_ID,
     MAX_GROUP,
@@ -55,6 +55,7 @@ from .schema import (
     SPARSE_SEARCH_PARAMS,
     ChunkRecord,
     CollectionMeta,
+    DenseIndex,
     Hit,
     check_doc_id,
     check_version,
@@ -72,19 +73,28 @@ _BATCH_BYTES = 16 << 20
 _ITER_BATCH = 4096
 _lite_lock = threading.Lock()
 _lite_users: Counter[str] = Counter()
+log = logging.getLogger(__name__)
 
 
 class ChunkStore:
     """One open chunk collection; build it with :meth:`open`, end it with :meth:`close`."""
 
     def __init__(
-        self, client: Any, name: str, meta: CollectionMeta, lite: str | None, timeout: float
+        self,
+        client: Any,
+        name: str,
+        meta: CollectionMeta,
+        lite: str | None,
+        timeout: float,
+        dense_index: DenseIndex = DEFAULT_DENSE_INDEX,
     ) -> None:
         self._client = client
         self.name = name
         self.meta = meta
         self._lite = lite
         self._timeout = timeout
+        self.dense_index = dense_index
+        self.rebuilt_from: str | None = None  # the index replaced at open, if one was
 
     @classmethod
     def open(
@@ -96,15 +106,28 @@ class ChunkStore:
         model_id: str,
         token: str = "",
         timeout: float = 30.0,
+        dense_index: DenseIndex = DEFAULT_DENSE_INDEX,
     ) -> ChunkStore:
         """Open the collection, creating it if missing; SchemaMismatch if another embedder
-        wrote it. ``uri``: a ``*.db`` path (Milvus Lite) or ``http(s)://host:port``."""
+        wrote it. ``uri``: a ``*.db`` path (Milvus Lite) or ``http(s)://host:port``.
+
+        An existing collection whose dense index differs from ``dense_index`` (type or build
+        parameters) gets its index rebuilt from the stored vectors before it is loaded
+        (:attr:`rebuilt_from` then names the old one); nothing is re-embedded."""
         if not _NAME.fullmatch(collection):
             raise ValueError(f"Invalid collection name {collection!r}: use [A-Za-z0-9_].")
         if not 0 < dim <= MAX_DIM or not model_id:
             raise ValueError("dim must be in 1..32768 and model_id non-empty.")
+        if uri.endswith(".db") and dense_index.kind not in LITE_INDEX_TYPES:
+            raise IngestError(
+                f"Milvus Lite cannot build a {dense_index.kind} index.",
+                code="milvus-index",
+                hint="Set milvus.index_type to FLAT, IVF_FLAT or AUTOINDEX, or use a Milvus "
+                "server (milvus.uri = http://host:19530).",
+            )
         client, lite = _connect(uri, token, timeout)
-        store = cls(client, collection, CollectionMeta(model_id, dim), lite, timeout)
+        meta = CollectionMeta(model_id, dim)
+        store = cls(client, collection, meta, lite, timeout, dense_index)
         try:
             store._ensure_collection()
         except BaseException:
@@ -120,6 +143,7 @@ class ChunkStore:
         try:
             if self._client.has_collection(self.name, timeout=self._timeout):
                 self._check_existing()
+                self._check_dense_index()
             else:
                 self._create()
             self._client.load_collection(self.name, timeout=self._timeout)
@@ -135,6 +159,30 @@ class ChunkStore:
                 dim = int(spec.get("params", {}).get("dim", -1))
                 found = CollectionMeta(found.model_id, dim, found.schema)
         found.check_matches(self.name, self.meta)
+
+    def _check_dense_index(self) -> None:
+        """Rebuild the dense index when the settings ask for another one (derived data: the
+        vectors stay, only the index over them is replaced)."""
+        found = self._client.describe_index(self.name, F_DENSE, timeout=self._timeout) or {}
+        if self.dense_index.matches(found):
+            return
+        self.rebuilt_from = DenseIndex.from_described(found) if found else "none"
+        log.warning(
+            "Rebuilding the dense index of collection %s: %s -> %s (from the stored vectors).",
+            self.name,
+            self.rebuilt_from,
+            self.dense_index.describe(),
+        )
+        self._client.release_collection(self.name, timeout=self._timeout)
+        if found:
+            self._client.drop_index(self.name, F_DENSE, timeout=self._timeout)
+        index = self._client.prepare_index_params()
+        index.add_index(F_DENSE, **self.dense_index.index_spec())
+        self._client.create_index(self.name, index, timeout=self._timeout)
+
+    def dense_index_info(self) -> dict[str, Any]:
+        """What Milvus reports about the dense index now (type, parameters, rows indexed)."""
+        return dict(self._call("describe_index", self.name, F_DENSE) or {})
 
     def _create(self) -> None:
         from pymilvus import DataType, MilvusClient
@@ -160,7 +208,7 @@ class ChunkStore:
         schema.add_field(F_DENSE, DataType.FLOAT_VECTOR, dim=self.meta.dimension)
         schema.add_field(F_SPARSE, DataType.SPARSE_FLOAT_VECTOR)
         index = self._client.prepare_index_params()
-        index.add_index(F_DENSE, **DENSE_INDEX)
+        index.add_index(F_DENSE, **self.dense_index.index_spec())
         index.add_index(F_SPARSE, **SPARSE_INDEX)
         self._client.create_collection(
             self.name,
@@ -223,7 +271,8 @@ class ChunkStore:
         if not groups:
             return []
         query = dense_vector(vector, self.meta.dimension)
-        return self._search(query, F_DENSE, DENSE_SEARCH_PARAMS, groups, limit)
+        params = self.dense_index.search_params(limit)
+        return self._search(query, F_DENSE, params, groups, limit)
 
     def search_sparse(
         self, vector: Mapping[int, float], *, groups: Sequence[str], limit: int

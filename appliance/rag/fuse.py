@@ -1,13 +1,11 @@
-"""Hybrid fusion that knows when a retriever cannot be trusted.
+"""Hybrid fusion: one ranking from the embedder's list and keyed BM25's list.
 
-Plain reciprocal-rank fusion (RRF) treats the embedder and BM25 as equally good on every query.
-They are not. The bundled embedder is English-only: on Chinese questions it scored nDCG@10 0.34
-against BM25's 0.98, and equal-weight RRF fell to 0.65. On our English tuning sets it beats BM25
-(0.80 vs 0.73, 0.51 vs 0.38) and equal RRF lands *between* the two (0.79, 0.48). So
-:func:`retriever_trust` decides, per query, how much each list counts, from evidence that needs
-no model and no labels, and :func:`fuse` applies it as weighted RRF::
-
-    score(doc) = w_dense / (k + dense_rank) + w_sparse / (k + sparse_rank)      (k = 60)
+Neither retriever is better everywhere. On our development sets the bundled embedder wins on
+MS MARCO and DBpedia entity queries, BM25 on SQuAD questions (written from the passage, so they
+share its words), and on Chinese the English-only embedder is noise. A fusion fitted to the sets
+where the embedder happened to win fell below BM25 on unseen collections. So the form and its
+constants are chosen by *leave-one-collection-out*: tuned on all development sets but one, scored
+on the one left out, for each set in turn (``bench/bench_fusion.py``, ``docs/benchmarks.md``).
 
 The rules (:attr:`Trust.reason` says which applied):
 
@@ -17,33 +15,26 @@ The rules (:attr:`Trust.reason` says which applied):
    names it from its script; the embedder's model card names the languages it was trained on
    (:attr:`ingest.embed.EmbedderInfo.languages`). When they do not meet, the dense ranking is
    noise (Chinese reaches an English model as unknown sub-words), so its weight is 0 and BM25,
-   whose analyzer segments Chinese with jieba, ranks alone.
-3. **Otherwise the embedder leads and BM25 breaks ties**: weights 1 and
-   :attr:`TrustPolicy.support` (0.01). That small a weight cannot reorder the embedder's first
-   17 ranks; it orders near-ties further down and appends what only BM25 found. Larger supporting
-   weights were measured (see below) and only add noise of +-0.003 nDCG@10 whose sign flips with
-   the search depth, because where the embedder reads the language it ranked better on every set
-   we have. A model card that names no language is assumed to cover English (every
-   sentence-transformers model reads it); for other languages such an embedder gets equal
-   weights (1, 1): with no evidence either way, neither retriever leads.
-4. **A decisive BM25 hit is pinned first.** BM25 is at its best on exact matches (a name, a
-   code, a phrase copied from the passage), and there its top score stands far above the rest.
-   We measure that, scale-free, as ``z = (s1 - s2) / stdev(s2 .. sn)`` over the top 50 to 100
-   retrieved scores; when BM25's ``z`` reaches :attr:`TrustPolicy.decisive_z` (2) and exceeds
-   the embedder's own, BM25's top document goes first (:attr:`Trust.pinned`) and the rest keeps
-   rule 3's order. Only the top hit is pinned because ``z`` is evidence about it alone. BM25's
-   ``z`` reached 2 on 2 of the 83 English tuning queries (both pinned hits were relevant) and on
-   87 % of the Chinese questions.
+   whose analyzer segments Chinese with jieba, ranks alone (on Chinese questions: BM25 nDCG@10
+   0.98, the embedder 0.25, equal-weight RRF 0.57).
+3. **Otherwise both lists count**, as :class:`FusionPolicy` says. The default is the convex
+   combination of theoretically normalised scores that Bruch, Gai and Ingber ("An Analysis of
+   Fusion Functions for Hybrid Retrieval", ACM TOIS 2023) call TM2C2::
 
-``bench/bench_fusion.py`` measures all of this (``bench/results/fusion.json``). The fusion's
-nDCG@10 equals that of the better single retriever on each tuning set (0.798, 0.511, 0.983),
-at 20, 50 and 100 hits per retriever. The constants hold from ``support`` 0 to 0.02 and
-``decisive_z`` 2 upwards (1.5 already costs 0.003 on MS MARCO). With the language rule removed
-(an embedder wrongly declared multilingual), rule 4 alone still reaches 0.90 on Chinese where
-RRF gets 0.65. On an exact-match probe (queries copied from a passage, where BM25 reaches 0.84 and
-0.94 and the embedder 0.43 and 0.53) the fusion gets 0.56 and 0.83, RRF 0.61 and 0.74: pinning
-wins back part of BM25's lead on exact matches without RRF's cost on ordinary queries. Admins
-can measure their own data with ``appliance eval retrieval``.
+       score(doc) = w * N_dense(doc) + (1 - w) * N_bm25(doc)
+       N(s) = (s - lower bound) / (top score of the list - lower bound)
+
+   with the lower bounds the scores cannot go below (cosine: -1, BM25: 0) and ``w`` =
+   :attr:`FusionPolicy.dense_weight`. A document only one list returned gets, from the other,
+   that list's lowest normalised score (its true score is at most that). Min-max and z-score
+   normalisation and weighted reciprocal-rank fusion are the alternatives the settings offer
+   (and ``appliance eval retrieval --fit`` searches); they lost to TM2C2 by
+   leave-one-collection-out. Weights that move per query with each list's score separation, the
+   overlap of the two top 10s or the query's length gained nothing beyond noise there (the
+   best, score separation, 0.0008 nDCG@10 with a standard error of 0.0011), so none is used.
+
+A document both retrievers rank first is first in every form (its normalised score is the
+highest in both lists); ties are broken by the better of the two ranks, then by id.
 """
 
 from __future__ import annotations
@@ -56,18 +47,27 @@ from dataclasses import dataclass
 from .lang import detect_language
 
 __all__ = [
-    "DEFAULT_POLICY",
+    "DEFAULT_FUSION",
+    "METHODS",
+    "NORMALISATIONS",
     "Fused",
+    "FusionPolicy",
+    "FusionResult",
     "Ranked",
     "Trust",
-    "TrustPolicy",
     "embedder_reads",
+    "fixed_trust",
     "fuse",
+    "fuse_lists",
+    "normalise",
     "retriever_trust",
-    "top_separation",
 ]
 
 MULTILINGUAL = "multilingual"  # what a model card declares for "reads every language"
+METHODS = ("convex", "rrf")
+NORMALISATIONS = ("bounds", "minmax", "zscore")
+DENSE_FLOOR = -1.0  # inner product of unit vectors (cosine) is never below -1
+SPARSE_FLOOR = 0.0  # BM25 is a sum of non-negative weights
 
 
 @dataclass(frozen=True)
@@ -92,15 +92,11 @@ class Fused:
 
 @dataclass(frozen=True)
 class Trust:
-    """How much each retriever counts for one query, and why (shown in ``--json`` output).
-
-    ``pinned`` names a document to put first whatever the weights say (rule 4 of the module doc).
-    """
+    """How much each retriever counts for one query, and why (shown in ``--json`` output)."""
 
     dense: float
     sparse: float
     reason: str
-    pinned: str | None = None
 
     def __post_init__(self) -> None:
         for name, weight in (("dense", self.dense), ("sparse", self.sparse)):
@@ -111,16 +107,65 @@ class Trust:
 
 
 @dataclass(frozen=True)
-class TrustPolicy:
-    """The constants of :func:`retriever_trust` (defaults: measured, see the module doc)."""
+class FusionPolicy:
+    """How the two lists are combined (the ``retrieval.fusion*`` settings).
 
-    support: float = 0.01  # weight of BM25 when the embedder leads: a tie-breaker
-    decisive_z: float = 2.0  # BM25 top-hit separation, in standard deviations, that pins it
-    min_scores: int = 50  # fewer retrieved scores than this give no separation signal
-    max_scores: int = 100  # the separation looks at this many top scores at most
+    ``method``: ``convex`` (weighted sum of normalised scores) or ``rrf`` (weighted reciprocal
+    rank, ``w / (rrf_k + rank)``); ``normalisation`` (convex only): ``bounds`` (theoretical lower
+    bound to the list's top), ``minmax`` (list's lowest to top) or ``zscore`` (mean 0, standard
+    deviation 1 over the list); ``dense_weight``: the embedder's share, BM25 gets the rest.
+    """
+
+    method: str = "convex"
+    normalisation: str = "bounds"
+    dense_weight: float = 0.8
+    rrf_k: int = 60
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"Fusion method must be one of {METHODS}, not {self.method!r}.")
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(
+                f"Fusion normalisation must be one of {NORMALISATIONS}, not {self.normalisation!r}."
+            )
+        if not (math.isfinite(self.dense_weight) and 0.0 <= self.dense_weight <= 1.0):
+            raise ValueError(f"dense_weight must be in [0, 1], got {self.dense_weight!r}.")
+        if isinstance(self.rrf_k, bool) or not isinstance(self.rrf_k, int) or self.rrf_k < 0:
+            raise ValueError(f"rrf_k must be a non-negative integer, got {self.rrf_k!r}.")
+
+    def describe(self) -> str:
+        """E.g. ``convex, bounds-normalised, dense weight 0.80``."""
+        form = (
+            f"convex, {self.normalisation}-normalised"
+            if self.method == "convex"
+            else f"rrf, k {self.rrf_k}"
+        )
+        return f"{form}, dense weight {self.dense_weight:.2f}"
 
 
-DEFAULT_POLICY = TrustPolicy()
+DEFAULT_FUSION = FusionPolicy()
+
+
+@dataclass(frozen=True)
+class FusionResult:
+    hits: list[Fused]
+    trust: Trust
+
+
+def fuse_lists(
+    query: str,
+    dense: Sequence[Ranked],
+    sparse: Sequence[Ranked],
+    *,
+    policy: FusionPolicy = DEFAULT_FUSION,
+    embedder_languages: frozenset[str],
+    limit: int,
+) -> FusionResult:
+    """The hybrid ranking of one query: :func:`retriever_trust`, then :func:`fuse`."""
+    trust = retriever_trust(
+        query, embedder_languages=embedder_languages, dense=dense, sparse=sparse, policy=policy
+    )
+    return FusionResult(fuse(dense, sparse, trust=trust, limit=limit, policy=policy), trust)
 
 
 def retriever_trust(
@@ -129,28 +174,36 @@ def retriever_trust(
     embedder_languages: frozenset[str],
     dense: Sequence[Ranked],
     sparse: Sequence[Ranked],
-    policy: TrustPolicy = DEFAULT_POLICY,
+    policy: FusionPolicy = DEFAULT_FUSION,
 ) -> Trust:
-    """Weights for :func:`fuse` from the query's language and the lists' score distributions."""
+    """Each retriever's weight for one query (rules 1 to 3 of the module doc)."""
+    fixed = fixed_trust(query, embedder_languages=embedder_languages, dense=dense, sparse=sparse)
+    if fixed is not None:
+        return fixed
+    reads = embedder_reads(embedder_languages, detect_language(query))
+    unknown = "" if reads else f"; embedder languages unknown, query {detect_language(query)!r}"
+    weight = policy.dense_weight
+    return Trust(weight, 1.0 - weight, f"{policy.describe()}{unknown}")
+
+
+def fixed_trust(
+    query: str,
+    *,
+    embedder_languages: frozenset[str],
+    dense: Sequence[Ranked],
+    sparse: Sequence[Ranked],
+) -> Trust | None:
+    """The weights rules 1 and 2 impose whatever the policy (an empty list, or a query the
+    embedder cannot read); None when neither applies."""
     if not sparse:
         return Trust(1.0, 0.0 if dense else 1.0, "BM25 found nothing; dense ranking alone")
     if not dense:
         return Trust(0.0, 1.0, "dense search returned nothing; BM25 ranking alone")
     language = detect_language(query)
-    reads = embedder_reads(embedder_languages, language)
-    if reads is False:
+    if embedder_reads(embedder_languages, language) is False:
         readable = ", ".join(sorted(embedder_languages))
         return Trust(0.0, 1.0, f"the embedder reads {readable}, not {language!r}; BM25 ranks alone")
-    if reads is None:
-        weights, why = (1.0, 1.0), f"embedder languages unknown, query {language!r}: equal weights"
-    else:
-        weights, why = (1.0, policy.support), f"dense leads, BM25 breaks ties ({language!r})"
-    z_sparse = top_separation(sparse, policy)
-    z_dense = top_separation(dense, policy)
-    if z_sparse >= policy.decisive_z and z_sparse > z_dense:
-        why += f"; BM25 top hit stands out (z {z_sparse:.1f} > {z_dense:.1f}): pinned"
-        return Trust(*weights, why, pinned=sparse[0].id)
-    return Trust(*weights, why)
+    return None
 
 
 def embedder_reads(languages: frozenset[str], language: str) -> bool | None:
@@ -166,49 +219,82 @@ def embedder_reads(languages: frozenset[str], language: str) -> bool | None:
     return MULTILINGUAL in declared or language in declared
 
 
-def top_separation(hits: Sequence[Ranked], policy: TrustPolicy = DEFAULT_POLICY) -> float:
-    """How far the top score stands above the others: ``(s1 - s2) / stdev(s2 .. sn)``.
+def normalise(scores: Sequence[float], how: str, floor: float) -> list[float]:
+    """Scores (best first) mapped to a common scale: ``bounds`` ``(s - floor) / (top - floor)``,
+    ``minmax`` ``(s - lowest) / (top - lowest)``, ``zscore`` ``(s - mean) / stdev``.
 
-    Computed over the first ``policy.max_scores`` scores, so that it means the same whatever
-    the search depth beyond that; 0 with fewer than ``policy.min_scores`` scores (too few to
-    judge a spread), with any score not finite, or when the top does not lead; infinite when it
-    leads and all the others are equal.
+    A list whose scores are all equal (or whose top is not above ``floor``) maps to 1.0 each
+    for ``bounds``/``minmax`` and 0.0 for ``zscore``; non-finite scores count as ``floor``.
     """
-    scores = [h.score for h in hits[: policy.max_scores]]
-    if len(scores) < max(policy.min_scores, 3) or not all(math.isfinite(s) for s in scores):
-        return 0.0
-    gap = scores[0] - scores[1]
-    if gap <= 0.0:
-        return 0.0
-    spread = statistics.pstdev(scores[1:])
-    return gap / spread if spread > 0.0 else math.inf
+    values = [s if math.isfinite(s) else floor for s in scores]
+    if not values:
+        return []
+    if how == "zscore":
+        mean, spread = statistics.fmean(values), statistics.pstdev(values)
+        return [(s - mean) / spread if spread > 0 else 0.0 for s in values]
+    top = max(values)
+    low = min(values) if how == "minmax" else min(floor, min(values))
+    if how not in ("bounds", "minmax"):
+        raise ValueError(f"Unknown normalisation {how!r}.")
+    width = top - low
+    return [(s - low) / width if width > 0 else 1.0 for s in values]
 
 
 def fuse(
-    dense: Sequence[Ranked], sparse: Sequence[Ranked], *, trust: Trust, limit: int, k: int = 60
+    dense: Sequence[Ranked],
+    sparse: Sequence[Ranked],
+    *,
+    trust: Trust,
+    limit: int,
+    policy: FusionPolicy = DEFAULT_FUSION,
 ) -> list[Fused]:
-    """Weighted reciprocal-rank fusion of two ranked lists, best first, at most ``limit`` hits.
+    """The two lists as one, best first, at most ``limit`` hits, fused as ``policy`` says with
+    ``trust``'s weights.
 
     A document repeated within one list keeps its first (best) rank. Documents that only a
     zero-weight retriever returned are left out, so weights (1, 0) give exactly the dense order.
-    Ties are broken by the better of the two ranks, then by id, so the output is deterministic.
+    Ties are broken by the better of the two ranks (of retrievers with weight > 0), then by id,
+    so the output is deterministic.
     """
-    if limit < 0 or k < 0:
-        raise ValueError(f"limit and k must not be negative, got limit={limit}, k={k}.")
+    if limit < 0:
+        raise ValueError(f"limit must not be negative, got {limit}.")
     dense_at, sparse_at = _positions(dense), _positions(sparse)
-    pinned = trust.pinned if trust.pinned in dense_at or trust.pinned in sparse_at else None
+    if policy.method == "rrf":
+        d_share = _rrf_shares(dense_at, trust.dense, policy.rrf_k)
+        s_share = _rrf_shares(sparse_at, trust.sparse, policy.rrf_k)
+    else:
+        d_share = _convex_shares(dense_at, trust.dense, policy.normalisation, DENSE_FLOOR)
+        s_share = _convex_shares(sparse_at, trust.sparse, policy.normalisation, SPARSE_FLOOR)
     hits: list[Fused] = []
     for doc_id in _union(dense_at, sparse_at):
         d, s = dense_at.get(doc_id), sparse_at.get(doc_id)
-        score = _share(trust.dense, d, k) + _share(trust.sparse, s, k)
-        if doc_id == pinned:
-            score = (trust.dense + trust.sparse) / (k + 1)  # as if both had ranked it first
-        # Kept when a retriever with weight > 0 returned it (a tiny weight may underflow the
-        # score to 0.0; the tie-break by rank still orders such hits).
+        # Kept when a retriever with weight > 0 returned it.
         if (d is not None and trust.dense > 0.0) or (s is not None and trust.sparse > 0.0):
+            score = d_share.get(doc_id, d_share[None]) + s_share.get(doc_id, s_share[None])
             hits.append(_fused(doc_id, score, d, s))
-    hits.sort(key=lambda h: (-h.score, h.id != pinned, _best_rank(h), h.id))
+    hits.sort(key=lambda h: (-h.score, _best_rank(h, trust), h.id))
     return hits[:limit]
+
+
+Shares = dict[str | None, float]  # doc id -> weighted share; None -> share of a missing doc
+
+
+def _convex_shares(
+    at: dict[str, tuple[int, float]], weight: float, how: str, floor: float
+) -> Shares:
+    if weight == 0.0 or not at:
+        return {None: 0.0}
+    ids = list(at)
+    normalised = normalise([at[i][1] for i in ids], how, floor)
+    shares: Shares = {i: weight * n for i, n in zip(ids, normalised, strict=True)}
+    shares[None] = weight * min(normalised)  # not returned: at most the list's lowest
+    return shares
+
+
+def _rrf_shares(at: dict[str, tuple[int, float]], weight: float, k: int) -> Shares:
+    shares: Shares = {i: weight / (k + rank) for i, (rank, _) in at.items()}
+    shares[None] = 0.0
+    return shares
 
 
 def _positions(hits: Sequence[Ranked]) -> dict[str, tuple[int, float]]:
@@ -224,10 +310,6 @@ def _union(first: Iterable[str], second: Iterable[str]) -> list[str]:
     return list(dict.fromkeys([*first, *second]))
 
 
-def _share(weight: float, position: tuple[int, float] | None, k: int) -> float:
-    return 0.0 if position is None or weight == 0.0 else weight / (k + position[0])
-
-
 def _fused(
     doc_id: str, score: float, d: tuple[int, float] | None, s: tuple[int, float] | None
 ) -> Fused:
@@ -241,5 +323,10 @@ def _fused(
     )
 
 
-def _best_rank(hit: Fused) -> int:
-    return min(r for r in (hit.dense_rank, hit.sparse_rank, 1 << 30) if r is not None)
+def _best_rank(hit: Fused, trust: Trust) -> int:
+    """The better rank among the retrievers that count (a zero-weight list breaks no tie)."""
+    ranks = (
+        hit.dense_rank if trust.dense > 0.0 else None,
+        hit.sparse_rank if trust.sparse > 0.0 else None,
+    )
+    return min(r for r in (*ranks, 1 << 30) if r is not None)

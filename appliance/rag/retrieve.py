@@ -10,7 +10,7 @@ Milvus has not caught up yet).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -21,7 +21,7 @@ from ingest.sparse import TermHasher, analyze, query_vector
 from ingest.store import ChunkStore, Hit
 from secure.records import RecordCipher
 
-from .fuse import Fused, Ranked, Trust, fuse, retriever_trust
+from .fuse import DEFAULT_FUSION, Fused, FusionPolicy, Ranked, Trust, fuse, fuse_lists
 
 Mode = Literal["hybrid", "dense", "sparse"]
 
@@ -81,10 +81,12 @@ class Retriever:
         embedder_languages: frozenset[str],
         candidates: int = 100,
         analyzer: Callable[[str], list[str]] = analyze,
+        fusion: FusionPolicy = DEFAULT_FUSION,
     ) -> None:
         self.store, self.embedder, self.registry = store, embedder, registry
         self.hasher, self.cipher, self.analyzer = hasher, cipher, analyzer
         self.embedder_languages, self.candidates = embedder_languages, candidates
+        self.fusion = fusion
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bm25")
 
     def search(
@@ -99,23 +101,29 @@ class Retriever:
         sparse_job = (
             self._pool.submit(self._timed_sparse, query, groups) if mode != "dense" else None
         )
-        dense = self._dense(query, groups) if mode != "sparse" else []
+        dense = self._dense(query, groups, self.candidates) if mode != "sparse" else []
         t1 = time.perf_counter()
         sparse, sparse_ms = sparse_job.result() if sparse_job is not None else ([], 0.0)
         t2 = time.perf_counter()
         hits = {h.id: h for h in (*dense, *sparse)}
         d_ranked = [Ranked(h.id, h.score) for h in dense]
         s_ranked = [Ranked(h.id, h.score) for h in sparse]
-        trust = None
+        limit_fused = limit * 3 + 10
         if mode == "hybrid":
-            trust = retriever_trust(
-                query, embedder_languages=self.embedder_languages, dense=d_ranked, sparse=s_ranked
+            result = fuse_lists(
+                query,
+                d_ranked,
+                s_ranked,
+                policy=self.fusion,
+                embedder_languages=self.embedder_languages,
+                limit=limit_fused,
             )
+            fused, trust = result.hits, result.trust
         else:
             trust = (
                 Trust(1.0, 0.0, "dense only") if mode == "dense" else Trust(0.0, 1.0, "sparse only")
             )
-        fused = fuse(d_ranked, s_ranked, trust=trust, limit=limit * 3 + 10)
+            fused = fuse(d_ranked, s_ranked, trust=trust, limit=limit_fused, policy=self.fusion)
         t3 = time.perf_counter()
         passages = self._passages(fused, hits, set(groups), limit)
         t4 = time.perf_counter()
@@ -128,19 +136,30 @@ class Retriever:
         )
         return SearchResult(passages, trust, timings)
 
+    def candidate_lists(
+        self, query: str, *, groups: Sequence[str], dense_depth: int, sparse_depth: int
+    ) -> tuple[list[Hit], list[Hit]]:
+        """Both retrievers' raw hits for ``query`` (best first), before fusion and before the
+        registry checks: what `appliance eval retrieval --fit` keeps per judged query."""
+        groups = sorted(set(groups))
+        if not groups or not query.strip():
+            return [], []
+        return self._dense(query, groups, dense_depth), self._sparse(query, groups, sparse_depth)
+
+    def document_names(self, doc_ids: Iterable[str]) -> dict[str, str]:
+        """Document id -> display name (the path below the drop folder)."""
+        return {d: doc.rel_path for d, doc in self.registry.get_many(doc_ids).items()}
+
     def _timed_sparse(self, query: str, groups: Sequence[str]) -> tuple[list[Hit], float]:
         start = time.perf_counter()
-        hits = self._sparse(query, groups)
+        hits = self._sparse(query, groups, self.candidates)
         return hits, (time.perf_counter() - start) * 1e3
 
-    def _dense(self, query: str, groups: Sequence[str]) -> list[Hit]:
+    def _dense(self, query: str, groups: Sequence[str], depth: int) -> list[Hit]:
         vector = self.embedder.embed_query(query)
-        # 50 dense candidates: while the embedder leads (weight 1, BM25 breaking ties) a dense
-        # rank past 50 cannot reach a fused top 10, and each candidate costs search time
-        # (bench/bench_latency.py). BM25 keeps its full depth: its pin rule reads 50+ scores.
-        return self.store.search_dense(vector, groups=groups, limit=min(self.candidates, 50))
+        return self.store.search_dense(vector, groups=groups, limit=depth)
 
-    def _sparse(self, query: str, groups: Sequence[str]) -> list[Hit]:
+    def _sparse(self, query: str, groups: Sequence[str], depth: int) -> list[Hit]:
         tokens = self.analyzer(query)
         if not tokens:
             return []
@@ -152,7 +171,7 @@ class Retriever:
         vector = {t: w for t, w in vector.items() if w > 0 and t in df}
         if not vector:
             return []
-        return self.store.search_sparse(vector, groups=groups, limit=self.candidates)
+        return self.store.search_sparse(vector, groups=groups, limit=depth)
 
     def _passages(
         self, fused: Sequence[Fused], hits: Mapping[str, Hit], groups: set[str], limit: int

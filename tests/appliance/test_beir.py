@@ -84,6 +84,7 @@ def test_broken_json_and_missing_files(tmp_path: Path) -> None:
         ("msmarco-subset", 5000, 43, 4102, {1, 2, 3}),
         ("dbpedia-subset", 5000, 40, 3709, {0, 1, 2}),
         ("cmrc2018-trial", 256, 1002, 1002, {1}),
+        ("squad2-train-subset/beir", 642, 4122, 4122, {1}),
     ],
 )
 def test_tuning_sets_load_with_the_documented_counts(

@@ -1,0 +1,212 @@
+"""Dense index choices at 100,000 chunks: recall@10 against exact search, and search latency.
+
+What Milvus Lite 2.5 does with each `milvus.index_type` and its parameters, measured through the
+product's own :class:`ingest.store.ChunkStore` (the same collection layout, group filter, output
+fields and real encrypted payloads as the appliance):
+
+* vectors: real all-MiniLM-L6-v2 embeddings of every passage of the msmarco, dbpedia and SQuAD
+  subsets (about 10,600, cached as ``.npy`` under ``--cache-dir``), topped up to ``--chunks`` with
+  synthetic neighbours of them, in one of two shapes (``--shape``):
+  ``mixtures``: ``normalise((1 - t) a + t b + noise)`` for random real ``a``, ``b`` and t in
+  [0.1, 0.5) (new text that resembles two existing passages), and ``near-duplicates``: each real
+  passage repeated with small noise (versions and copies of one document, the hard case for
+  approximate search);
+* queries: real query embeddings of the same sets (``--queries``, seeded sample);
+* truth: exact top 10 by inner product in numpy, over every row (all rows are in the group
+  searched), so recall@10 = share of the exact top 10 the index returns.
+
+The collection is written once with the first index and then reopened with each further index,
+which exercises the store's rebuild path (the index is rebuilt from the stored vectors). Latency
+is the store's dense search alone (no query embedding), at 10 hits and at the retriever's 100
+candidates. Writes ``bench/results/dense_index.json``, one entry per shape (a run replaces its
+own shape's entry and keeps the other).
+Run: ``nice -n 5 python bench/bench_dense_index.py [--chunks N] [--shape mixtures]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from appliance.rag.beir import load_beir  # noqa: E402
+from appliance.rag.metrics import summarise  # noqa: E402
+from ingest.schema import ChunkRecord, DenseIndex, PassageText, seal_passage  # noqa: E402
+from ingest.store import ChunkStore  # noqa: E402
+from secure.records import RecordCipher  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+SETS = ("msmarco-subset", "dbpedia-subset", "squad2-train-subset/beir")
+GROUP = "bench"
+INDEXES = (
+    DenseIndex("FLAT"),
+    DenseIndex("AUTOINDEX"),
+    DenseIndex("IVF_FLAT", ivf_nlist=128, ivf_nprobe=1),
+    DenseIndex("IVF_FLAT", ivf_nlist=128, ivf_nprobe=16),
+    DenseIndex("IVF_FLAT", ivf_nlist=128, ivf_nprobe=128),
+    DenseIndex("IVF_FLAT", ivf_nlist=1024, ivf_nprobe=1),
+    DenseIndex("IVF_FLAT", ivf_nlist=1024, ivf_nprobe=64),
+)
+
+
+def cached_embeddings(embedder: Any, texts: list[str], cache: Path, kind: str) -> np.ndarray:
+    key = embedder.info.model_id + "\x1e" + "\x1e".join(texts)
+    path = cache / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
+    if path.is_file():
+        return np.load(path)
+    t0 = time.perf_counter()
+    if kind == "queries":
+        matrix = np.stack([embedder.embed_query(t) for t in texts])
+    else:
+        matrix = embedder.embed_documents(texts)
+    print(f"embedded {len(texts)} {kind} in {time.perf_counter() - t0:.0f} s", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.asarray(matrix, dtype=np.float32))
+    return np.load(path)
+
+
+def vectors(real: np.ndarray, n: int, shape: str, rng: np.random.Generator) -> np.ndarray:
+    """``n`` unit vectors: every real one, then synthetic ones of the chosen shape."""
+    extra = n - len(real)
+    if extra <= 0:
+        return real[:n]
+    a = real[rng.integers(0, len(real), extra)]
+    if shape == "mixtures":
+        b = real[rng.integers(0, len(real), extra)]
+        t = rng.uniform(0.1, 0.5, (extra, 1)).astype(np.float32)
+        out = (1 - t) * a + t * b + 0.01 * rng.standard_normal(a.shape).astype(np.float32)
+    else:
+        out = a + 0.005 * rng.standard_normal(a.shape).astype(np.float32)
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return np.concatenate([real, out]).astype(np.float32)
+
+
+def fill(store: ChunkStore, matrix: np.ndarray, texts: list[str]) -> None:
+    cipher = RecordCipher(os.urandom(32), context="bench")
+    batch = []
+    for i, vec in enumerate(matrix):
+        cid = f"d{i // 100}:1:{i % 100}"
+        body = PassageText(texts[i % len(texts)])
+        batch.append(
+            ChunkRecord(
+                id=cid,
+                doc_id=f"d{i // 100}",
+                version=1,
+                groups=(GROUP,),
+                page=-1,
+                kind="text",
+                language="en",
+                payload=seal_passage(cipher, cid, body),
+                dense=vec,
+                sparse={i % 1000: 1.0},
+            )
+        )
+        if len(batch) == 2048:
+            store.insert(batch)
+            batch = []
+    if batch:
+        store.insert(batch)
+    store.flush()
+
+
+def measure(
+    store: ChunkStore, queries: np.ndarray, truth: list[set[str]], ids: list[str]
+) -> dict[str, Any]:
+    recalls, lat10, lat100 = [], [], []
+    for q, exact in zip(queries, truth, strict=True):
+        t0 = time.perf_counter()
+        hits = store.search_dense(q, groups=[GROUP], limit=10)
+        lat10.append((time.perf_counter() - t0) * 1e3)
+        recalls.append(len({h.id for h in hits} & exact) / 10)
+        t0 = time.perf_counter()
+        store.search_dense(q, groups=[GROUP], limit=100)
+        lat100.append((time.perf_counter() - t0) * 1e3)
+    return {
+        "recall@10": round(float(np.mean(recalls)), 4),
+        "recall@10_min": round(float(np.min(recalls)), 2),
+        "queries_below_0.9": int(sum(r < 0.9 for r in recalls)),
+        "search10_ms": {k: round(v, 2) for k, v in summarise(lat10).items()},
+        "search100_ms": {k: round(v, 2) for k, v in summarise(lat100).items()},
+    }
+
+
+def main() -> None:
+    from ingest.embed import Embedder
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chunks", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--shape", choices=("mixtures", "near-duplicates"), default="mixtures")
+    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/bench-cache/dense-index"))
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dense_index.json")
+    args = parser.parse_args()
+    embedder = Embedder.load("bundled")
+    sets = [load_beir(DATA / name) for name in SETS]
+    texts = [p.full_text for data in sets for p in data.passages]
+    query_texts = [q for data in sets for q in data.queries.values()]
+    rng = np.random.default_rng(0)
+    query_texts = [query_texts[i] for i in rng.permutation(len(query_texts))[: args.queries]]
+    real = cached_embeddings(embedder, texts, args.cache_dir, "passages")
+    queries = cached_embeddings(embedder, query_texts, args.cache_dir, "queries")
+    matrix = vectors(real, args.chunks, args.shape, rng)
+    ids = [f"d{i // 100}:1:{i % 100}" for i in range(len(matrix))]
+    top = np.argsort(-(queries @ matrix.T), axis=1)[:, :10]
+    truth = [{ids[i] for i in row} for row in top]
+    workdir = Path(tempfile.mkdtemp(prefix="kapp-idx-"))
+    results: dict[str, Any] = {}
+    try:
+        uri = str(workdir / "milvus.db")
+        dim, model = embedder.info.dimension, embedder.info.model_id
+        t0 = time.perf_counter()
+        with ChunkStore.open(uri, dim=dim, model_id=model, dense_index=INDEXES[0]) as store:
+            fill(store, matrix, texts)
+        insert_s = time.perf_counter() - t0
+        for index in INDEXES:
+            t0 = time.perf_counter()
+            with ChunkStore.open(uri, dim=dim, model_id=model, dense_index=index) as store:
+                open_s = time.perf_counter() - t0
+                row = measure(store, queries, truth, ids)
+                row["open_s"] = round(open_s, 1)
+                row["rebuilt_from"] = store.rebuilt_from
+                row["milvus_describes"] = {
+                    k: str(v) for k, v in store.dense_index_info().items() if k != "field_name"
+                }
+            results[index.describe()] = row
+            print(index.describe(), json.dumps(row), flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    entry = {
+        "chunks": len(matrix),
+        "real_vectors": len(real),
+        "shape": args.shape,
+        "queries": len(queries),
+        "insert_s": round(insert_s, 1),
+        "results": results,
+        "cpu_count": os.cpu_count(),
+        "load_avg_after": os.getloadavg(),
+        "python": platform.python_version(),
+    }
+    out: dict[str, Any] = {"shapes": {}}
+    if args.out.is_file():
+        out = json.loads(args.out.read_text())
+    out["bench"] = "dense index recall@10 vs exact and search latency through ChunkStore"
+    out["shapes"][args.shape] = entry
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
