@@ -7,6 +7,10 @@ embedder), writes and deletes rows, and runs the two single-vector searches that
 fuses. Every search is filtered by the caller's groups, and an empty group list returns nothing
 without asking Milvus, so "no groups" can never mean "all rows".
 
+Connection options (a short reconnection backoff, TLS) and the mapping of failures to
+:class:`~ingest.errors.StoreUnavailable` (server down or too slow) or ``milvus-error`` live in
+`ingest.milvus_conn`.
+
 Filters are built only from validated values (group names, document ids, integers): Milvus Lite
 2.5 has no filter templates, and a malformed filter makes pymilvus retry for minutes, so nothing
 unchecked ever reaches an expression. Every call carries ``timeout`` so a dead server fails
@@ -26,6 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from .errors import IngestError
+from .milvus_conn import ConnectOptions, store_error
 from .schema import (
     DEFAULT_COLLECTION,
     DENSE_INDEX,
@@ -96,14 +101,16 @@ class ChunkStore:
         model_id: str,
         token: str = "",
         timeout: float = 30.0,
+        connect: ConnectOptions | None = None,
     ) -> ChunkStore:
         """Open the collection, creating it if missing; SchemaMismatch if another embedder
-        wrote it. ``uri``: a ``*.db`` path (Milvus Lite) or ``http(s)://host:port``."""
+        wrote it. ``uri``: a ``*.db`` path (Milvus Lite) or ``http(s)://host:port``;
+        ``timeout``: seconds one call may take (StoreUnavailable past it)."""
         if not _NAME.fullmatch(collection):
             raise ValueError(f"Invalid collection name {collection!r}: use [A-Za-z0-9_].")
         if not 0 < dim <= MAX_DIM or not model_id:
             raise ValueError("dim must be in 1..32768 and model_id non-empty.")
-        client, lite = _connect(uri, token, timeout)
+        client, lite = _connect(uri, token, timeout, connect or ConnectOptions())
         store = cls(client, collection, CollectionMeta(model_id, dim), lite, timeout)
         try:
             store._ensure_collection()
@@ -115,6 +122,7 @@ class ChunkStore:
     # -- life cycle ---------------------------------------------------------------------------
 
     def _ensure_collection(self) -> None:
+        import grpc
         from pymilvus import MilvusException
 
         try:
@@ -123,8 +131,8 @@ class ChunkStore:
             else:
                 self._create()
             self._client.load_collection(self.name, timeout=self._timeout)
-        except MilvusException as exc:
-            raise _unavailable(exc) from None
+        except (MilvusException, grpc.RpcError) as exc:
+            raise store_error(exc, timeout=self._timeout) from None
 
     def _check_existing(self) -> None:
         """The description names the model; the dense field's own width is the truth for dim."""
@@ -282,26 +290,37 @@ class ChunkStore:
         expr = f'{F_DOC} == "{check_doc_id(doc_id)}"'
         return sorted(row[F_ID] for row in self._scan(expr, [F_ID]))
 
+    def index_rows(self) -> list[tuple[str, str, int]]:
+        """(chunk id, document id, version) of every row, for `ingest.reconcile` (one scan)."""
+        rows = self._scan(f"{F_VERSION} >= 0", [F_ID, F_DOC, F_VERSION])
+        return [(str(r[F_ID]), str(r[F_DOC]), int(r[F_VERSION])) for r in rows]
+
     def _scan(self, expr: str, fields: list[str]) -> Iterator[dict[str, Any]]:
         """Every matching row, page by page (a plain query stops at 16,384 rows)."""
         iterator = self._call(
             "query_iterator", self.name, batch_size=_ITER_BATCH, filter=expr, output_fields=fields
         )
         try:
-            while page := iterator.next():
+            while page := self._guarded(iterator.next):
                 yield from page
         finally:
             iterator.close()
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        from pymilvus import MilvusException
-
         if self._client is None:
             raise IngestError("The chunk store is closed.", code="store-closed")
+        call = getattr(self._client, method)
+        return self._guarded(lambda: call(*args, timeout=self._timeout, **kwargs))
+
+    def _guarded(self, call: Any) -> Any:
+        """``call()``, its pymilvus or gRPC failure mapped by `ingest.milvus_conn`."""
+        import grpc
+        from pymilvus import MilvusException
+
         try:
-            return getattr(self._client, method)(*args, timeout=self._timeout, **kwargs)
-        except MilvusException as exc:
-            raise _unavailable(exc) from None
+            return call()
+        except (MilvusException, grpc.RpcError) as exc:
+            raise store_error(exc, timeout=self._timeout) from None
 
 
 def _batches(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
@@ -319,21 +338,16 @@ def _batches(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
         yield batch
 
 
-def _unavailable(exc: Exception) -> IngestError:
-    return IngestError(
-        f"Milvus refused or failed the request: {getattr(exc, 'message', exc)}",
-        code="milvus-error",
-        hint="Check that Milvus is running and reachable at the configured URI (and the token), "
-        "then retry; for Milvus Lite, check that no other process has the .db file open.",
-    )
-
-
 # -- connections --------------------------------------------------------------------------------
 
 
-def _connect(uri: str, token: str, timeout: float) -> tuple[Any, str | None]:
-    """(MilvusClient, the Lite file path or None). A Lite server process is started per file
-    by pymilvus and stopped by :func:`_release_lite` when its last store closes."""
+def _connect(
+    uri: str, token: str, timeout: float, connect: ConnectOptions
+) -> tuple[Any, str | None]:
+    """(MilvusClient on its own channel, the Lite file path or None). A Lite server process is
+    started per file by pymilvus and stopped by :func:`_release_lite` when its last store
+    closes."""
+    import grpc
     from pymilvus import MilvusClient, MilvusException
 
     lite = None
@@ -351,10 +365,14 @@ def _connect(uri: str, token: str, timeout: float) -> tuple[Any, str | None]:
         with _lite_lock:
             _lite_users[lite] += 1
     try:
-        return MilvusClient(uri=uri, token=token, timeout=timeout), lite
-    except MilvusException as exc:
+        options = connect.client_kwargs(uri)
+        return MilvusClient(uri=uri, token=token, timeout=timeout, **options), lite
+    except (MilvusException, grpc.RpcError) as exc:
         _release_lite(lite)
-        raise _unavailable(exc) from None
+        raise store_error(exc, timeout=timeout) from None
+    except BaseException:
+        _release_lite(lite)
+        raise
 
 
 def _import_lite() -> None:

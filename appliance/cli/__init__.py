@@ -23,6 +23,7 @@ from .init_cmds import identity, init, issuer
 from .model_cmds import model, policy
 from .ops_cmds import report, status
 from .serve_cmds import ask, serve
+from .verify_cmds import verify
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -65,6 +66,7 @@ for command in (
     ask,
 ):
     cli.add_command(command)
+docs.add_command(verify)
 
 
 def main(argv: list[str] | None = None) -> None:
