@@ -16,16 +16,19 @@ else Milvus refuses stays an :class:`~ingest.errors.IngestError` ``milvus-error`
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import IngestError, StoreUnavailable
 
-__all__ = ["ConnectOptions", "store_error"]
+__all__ = ["ConnectOptions", "quiet_outage_logs", "store_error"]
 
 _CONNECT_FAILED = 2  # pymilvus Status.CONNECT_FAILED
 _UNAVAILABLE_TEXT = ("Fail connecting to server", "server unavailable", "Retry timeout")
+_OUTAGE_TEXT = (*_UNAVAILABLE_TEXT, "UNAVAILABLE", "DEADLINE_EXCEEDED", "Connection recovery")
+_PYMILVUS_LOGS = ("pymilvus.decorators", "pymilvus.client.connection_manager")
 _HINT_DOWN = (
     "Check that Milvus is running and reachable at the configured URI (milvus.uri; "
     "`appliance status` shows it). Ingestion waits and retries on its own; questions work again "
@@ -146,3 +149,20 @@ def _refused(detail: str) -> IngestError:
         hint="Check that Milvus is running and reachable at the configured URI (and the token), "
         "then retry; for Milvus Lite, check that no other process has the .db file open.",
     )
+
+
+class _OutageFilter(logging.Filter):
+    """pymilvus logs every failed call at ERROR with a traceback before raising it; while a
+    server is down that is one traceback per call. The caller reports the StoreUnavailable
+    it becomes (once, with what to do), so these records are dropped; others pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(text in message for text in _OUTAGE_TEXT)
+
+
+def quiet_outage_logs() -> None:
+    for name in _PYMILVUS_LOGS:
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _OutageFilter) for f in target.filters):
+            target.addFilter(_OutageFilter())

@@ -87,7 +87,7 @@ class Retrier:
 
 def _gave_up(exc: StoreUnavailable, what: str, attempts: int, spent: float) -> StoreUnavailable:
     return StoreUnavailable(
-        f"{exc.message} Gave up {what} after {attempts} attempts over {spent:.0f} s.",
+        f"{exc.message.rstrip('.')}. Gave up {what} after {attempts} attempts over {spent:.0f} s.",
         hint="Nothing was quarantined: the files stay in the drop folder and the next ingest "
         "pass takes them once Milvus is back (milvus.retry_for_s sets how long a job waits). "
         + exc.hint,

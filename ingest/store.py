@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from .errors import IngestError
-from .milvus_conn import ConnectOptions, store_error
+from .milvus_conn import ConnectOptions, quiet_outage_logs, store_error
 from .schema import (
     DEFAULT_COLLECTION,
     DENSE_INDEX,
@@ -350,6 +350,7 @@ def _connect(
     import grpc
     from pymilvus import MilvusClient, MilvusException
 
+    quiet_outage_logs()
     lite = None
     if uri.endswith(".db"):
         path = Path(uri).expanduser().absolute()
