@@ -351,6 +351,7 @@ def _connect(
     from pymilvus import MilvusClient, MilvusException
 
     quiet_outage_logs()
+    _quiet_iterator_log()
     lite = None
     if uri.endswith(".db"):
         path = Path(uri).expanduser().absolute()
@@ -377,16 +378,18 @@ def _connect(
 
 
 def _import_lite() -> None:
-    """milvus-lite 2.5 imports the deprecated ``pkg_resources``; silence exactly that warning.
-
-    Lite also answers no MVCC timestamp to the query iterator, which then logs a warning on
-    every scan and falls back to a client timestamp (correct here): drop exactly that line.
-    """
+    """milvus-lite 2.5 imports the deprecated ``pkg_resources``; silence exactly that warning."""
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message="pkg_resources is deprecated as an API", category=UserWarning
         )
         import milvus_lite.server_manager  # noqa: F401
+
+
+def _quiet_iterator_log() -> None:
+    """Lite (and a server built on it) answers no MVCC timestamp to the query iterator, which
+    then logs a warning on every scan and falls back to a client timestamp (correct here):
+    drop exactly that line."""
     iterator_log = logging.getLogger("pymilvus.orm.iterator")
     if not any(isinstance(f, _LiteTimestampFilter) for f in iterator_log.filters):
         iterator_log.addFilter(_LiteTimestampFilter())
