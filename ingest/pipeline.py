@@ -553,11 +553,14 @@ class Pipeline:
 
     def _insert(self, doc_id: str, version: int, records: list[ChunkRecord]) -> None:
         """Write a version's chunks; after an outage, first delete what a failed attempt may
-        have left (a batch written before the server died, or one whose reply was lost)."""
+        have left (a batch written before the server died, or one whose reply was lost), and
+        count the rows afterwards: a chunk written twice would be retried once more."""
 
         def again() -> None:
             self.store.delete_document(doc_id, version=version)
             self.store.insert(records)
+            if self.store.count(doc_id, version) != len(records):
+                raise StoreUnavailable(f"The rows of {doc_id} did not match after a retry.")
 
         self.milvus.call(lambda: self.store.insert(records), what=f"writing {doc_id}", again=again)
 

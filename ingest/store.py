@@ -276,9 +276,15 @@ class ChunkStore:
             return None
         return Hit.from_result({"id": rows[0][F_ID], "distance": 0.0, "entity": rows[0]})
 
-    def count(self) -> int:
-        """Rows visible now (deleted rows excluded)."""
-        result = self._call("query", self.name, filter="", output_fields=["count(*)"])
+    def count(self, doc_id: str | None = None, version: int | None = None) -> int:
+        """Rows visible now (deleted rows excluded), of one document (and version) if given.
+        Unlike a search, query or scan, which show one row per chunk id, this counts a chunk
+        stored twice twice (`ingest.reconcile` finds duplicates so)."""
+        expr = f'{F_DOC} == "{check_doc_id(doc_id)}"' if doc_id is not None else ""
+        if version is not None:
+            expr = f"{expr} and " if expr else ""
+            expr += f"{F_VERSION} == {check_version(version)}"
+        result = self._call("query", self.name, filter=expr, output_fields=["count(*)"])
         return int(result[0]["count(*)"])
 
     def doc_ids(self) -> set[str]:
