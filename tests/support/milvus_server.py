@@ -29,6 +29,7 @@ import socket
 import subprocess
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,7 +48,9 @@ lite_only = pytest.mark.parametrize("milvus_kind", ["lite"], indirect=True)
 
 
 def milvus_lib() -> Path:
-    import milvus_lite
+    with warnings.catch_warnings():  # milvus-lite 2.5 imports the deprecated pkg_resources
+        warnings.simplefilter("ignore", UserWarning)
+        import milvus_lite
 
     return Path(milvus_lite.__file__).resolve().parent / "lib"
 
