@@ -9,7 +9,9 @@ Milvus server process on loopback (`tests/support/milvus_server.py`):
   descriptors or connections; started again on the same data file, answers resume within 5 s,
   without restarting anything;
 - stopped (``SIGSTOP``) past ``milvus.timeout_s``: questions time out with a clear 503 and
-  answers resume once it continues (``SIGCONT``).
+  answers resume once it continues (``SIGCONT``);
+- an upload while it is down waits in the drop folder (queued again, reason
+  ``index-unavailable``, never quarantined) and is indexed once the server is back.
 
 Each test ends with the server back and `ingest.reconcile.compare` finding nothing to repair.
 """
@@ -17,6 +19,7 @@ Each test ends with the server back and `ingest.reconcile.compare` finding nothi
 from __future__ import annotations
 
 import gc
+import io
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -67,7 +70,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         world = build(
             root,
             bundled_embedder(),
-            milvus={"uri": server.uri, "timeout_s": TIMEOUT_S, "reconnect_max_s": 0.5},
+            milvus={
+                "uri": server.uri,
+                "timeout_s": TIMEOUT_S,
+                "reconnect_max_s": 0.5,
+                "retry_for_s": 1.0,  # ingestion inside serve gives up quickly (test below)
+                "retry_initial_s": 0.2,
+                "retry_max_s": 0.5,
+            },
         )
         token = world.app.users.issue_token("fred", now=int(time.time()))
         try:
@@ -205,3 +215,35 @@ def test_a_hung_server_times_out_clearly_and_the_appliance_recovers(served: Serv
     assert httpx.get(f"{s.url}/readyz").status_code == 200
     assert resources(port)[2] == 1
     assert compare(s.world.runtime.knowledge.registry, s.world.runtime.knowledge.store).ok
+
+
+def test_an_upload_during_an_outage_waits_and_is_indexed_when_milvus_is_back(
+    served: Served,
+) -> None:
+    runtime = served.world.runtime
+    fred = runtime.app.users.get("fred")
+    drop = served.world.settings.drop_dir
+    served.server.kill()
+    try:
+        item = runtime.uploads.save(
+            fred,
+            filename="outage-note.txt",
+            source=io.BytesIO(b"The coffee machine on floor 3 is serviced every Friday."),
+            group="finance",
+        )
+        deadline = time.monotonic() + 90
+        while (now := runtime.uploads.status(fred, item.id)[0]).code != "index-unavailable":
+            assert now.state != "failed", now
+            assert time.monotonic() < deadline, "the pass did not give up"
+            time.sleep(0.1)
+        assert now.state == "queued" and "indexed as soon as" in now.reason
+        assert (drop / "finance" / "outage-note.txt").exists()
+        assert not (drop / "_failed").exists()
+    finally:
+        served.server.start()
+    done = runtime.uploads.wait(fred, item.id, timeout=120)
+    assert (done.state, done.code) == ("indexed", "")
+    assert not (drop / "finance" / "outage-note.txt").exists()  # in the vault now
+    assert served.ask("When is the coffee machine serviced?").status_code == 200
+    knowledge = runtime.knowledge
+    assert compare(knowledge.registry, knowledge.store).ok

@@ -21,9 +21,10 @@ import ingest.store
 from ingest.errors import StoreUnavailable
 from ingest.reconcile import compare
 from ingest.retry import RetryPolicy
+from ingest.store import ChunkStore
 from tests.ingest.pipeline_kit import Kit, build_kit, put
 from tests.ingest.test_embed import bundled_embedder
-from tests.support.milvus_server import MilvusBackend, MilvusServer
+from tests.support.milvus_server import MilvusBackend, MilvusServer, free_port
 
 pytestmark = pytest.mark.slow
 PARAGRAPH = (
@@ -154,3 +155,13 @@ def test_a_server_that_stays_away_stops_the_job_and_quarantines_nothing(server_k
 def _indexed(kit: Kit, rel: str) -> bool:
     doc = kit.registry.find("inbox", rel)
     return doc is not None and doc.status == "indexed"
+
+
+def test_opening_a_store_on_a_server_that_is_down_fails_at_once_with_the_reason() -> None:
+    """What `serve`, `ingest` and `status` meet when Milvus is down as they start."""
+    port = free_port()  # nothing listens there
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable) as info:
+        ChunkStore.open(f"http://127.0.0.1:{port}", dim=8, model_id="m", timeout=5.0)
+    assert time.monotonic() - started < 5.0
+    assert f"127.0.0.1:{port}" in info.value.message and "milvus.uri" in info.value.hint
