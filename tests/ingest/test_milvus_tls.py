@@ -47,7 +47,6 @@ def test_one_way_tls_with_a_private_ca(server: MilvusServer, tmp_path: Path) -> 
         other = private_ca(tmp_path / "other")
         with pytest.raises(StoreUnavailable):  # a certificate this CA did not sign
             open_over(proxy.port, ConnectOptions(tls_ca=other["ca"]))
-        assert proxy.handshakes_failed >= 1
 
 
 def test_a_certificate_name_other_than_the_uri_host(server: MilvusServer, tmp_path: Path) -> None:

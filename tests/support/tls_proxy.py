@@ -25,7 +25,6 @@ class TlsProxy:
             self.context.load_verify_locations(str(client_ca))
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._listener.getsockname()[1])
-        self.handshakes_failed = 0
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._accept, name="tls-proxy", daemon=True)
@@ -56,7 +55,6 @@ class TlsProxy:
         try:
             tls = self.context.wrap_socket(raw, server_side=True)
         except (ssl.SSLError, OSError):
-            self.handshakes_failed += 1
             raw.close()
             return
         upstream = socket.create_connection(("127.0.0.1", self.target))
