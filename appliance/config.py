@@ -181,6 +181,45 @@ class MilvusSettings(_Section):
         le=65536,
         description="IVF_FLAT: clusters scanned per search; higher is closer to exact and slower",
     )
+    timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="time limit for one Milvus call; a server that does not answer in time "
+        "counts as unavailable (questions answer 503, ingestion waits and retries)",
+    )
+    retry_for_s: float = Field(
+        300.0,
+        ge=0,
+        description="how long ingestion keeps retrying a Milvus write while Milvus is "
+        "unavailable before the job stops (its files stay in the drop folder, none is "
+        "quarantined); 0: stop at once",
+    )
+    retry_initial_s: float = Field(
+        0.5, gt=0, description="first pause between those retries; it doubles each time"
+    )
+    retry_max_s: float = Field(10.0, gt=0, description="longest pause between those retries")
+    reconnect_max_s: float = Field(
+        1.0,
+        gt=0,
+        le=120,
+        description="longest pause between attempts to reconnect to a Milvus server that went "
+        "away: answers resume at most this long after it is back",
+    )
+    tls_ca: Path | None = Field(
+        None,
+        description="https:// URIs: PEM file of the CA (or the self-signed certificate) that "
+        "signed the Milvus server's certificate; unset: the system's trusted CAs",
+    )
+    tls_cert: Path | None = Field(
+        None, description="mutual TLS: the appliance's client certificate (PEM); needs tls_ca"
+    )
+    tls_key: Path | None = Field(None, description="mutual TLS: the key of tls_cert (PEM)")
+    tls_server_name: str = Field(
+        "",
+        description="the name to expect in the server's certificate when it differs from the "
+        "URI's host (e.g. an IP address in the URI)",
+    )
 
 
 class EmbeddingSettings(_Section):

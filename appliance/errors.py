@@ -109,6 +109,32 @@ class ModelUnavailable(ApplianceError):
         self.reason_code = reason_code
 
 
+class KnowledgeUnavailable(ApplianceError):
+    """The document index (Milvus) does not answer, so no question can be answered now
+    (HTTP 503). ``reason_code``: ``MILVUS_UNAVAILABLE`` (down or unreachable) or
+    ``MILVUS_TIMEOUT`` (slower than ``milvus.timeout_s``). The message is generic: the
+    administrator finds the cause (the server's address, the error) in the server log and in
+    `appliance status`."""
+
+    code = "KNOWLEDGE_UNAVAILABLE"
+
+    def __init__(self, *, reason_code: str) -> None:
+        slow = reason_code == "MILVUS_TIMEOUT"
+        super().__init__(
+            "The knowledge base is unavailable: its search index "
+            + ("did not answer in time." if slow else "does not answer."),
+            hint="Try again in a minute; if it persists, tell an administrator "
+            "(`appliance status` shows the index service).",
+        )
+        self.reason_code = reason_code
+
+    @classmethod
+    def from_store(cls, exc: Exception) -> KnowledgeUnavailable:
+        """For an `ingest.errors.StoreUnavailable` (its details belong in the server log)."""
+        slow = bool(getattr(exc, "timed_out", False))
+        return cls(reason_code="MILVUS_TIMEOUT" if slow else "MILVUS_UNAVAILABLE")
+
+
 class Overloaded(ApplianceError):
     """Too many requests are waiting (HTTP 429)."""
 
@@ -133,6 +159,7 @@ USER_FACING: tuple[type[ApplianceError], ...] = (
     UsageError,
     AlreadyExists,
     ModelUnavailable,
+    KnowledgeUnavailable,
     Overloaded,
     Cancelled,
 )

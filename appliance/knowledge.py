@@ -13,10 +13,12 @@ from typing import Any
 
 from ingest.chunk import ChunkParams
 from ingest.embed import Embedder
+from ingest.milvus_conn import ConnectOptions
 from ingest.parse import ParseLimits
 from ingest.pipeline import IngestOptions, Pipeline
 from ingest.reasons import open_detail
 from ingest.registry import Document, Registry
+from ingest.retry import RetryPolicy
 from ingest.sparse import TermHasher
 from ingest.store import ChunkStore
 from secure.home import UnlockedHome
@@ -60,14 +62,16 @@ class Knowledge:
         uri = self.settings.milvus_uri
         if "://" not in uri:
             Path(uri).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        info = self.embedder.info
+        info, m = self.embedder.info, self.settings.milvus
         return ChunkStore.open(
             uri,
-            collection=self.settings.milvus.collection,
+            collection=m.collection,
             dim=info.dimension,
             model_id=info.model_id,
-            token=self.settings.milvus.token,
+            token=m.token,
             dense_index=dense_index(self.settings),
+            timeout=m.timeout_s,
+            connect=connect_options(self.settings),
         )
 
     @cached_property
@@ -112,6 +116,7 @@ class Knowledge:
             settle_s=i.settle_s,
             parse_ahead=i.parse_ahead,
             ahead_chunks=i.parse_ahead_chunks,
+            retry=retry_policy(self.settings),
         )
         drop = self.settings.drop_dir
         drop.mkdir(parents=True, exist_ok=True)
@@ -154,6 +159,26 @@ class Knowledge:
             candidates=self.settings.retrieval.candidates,
             fusion=fusion_policy(self.settings),
         )
+
+
+def connect_options(settings: Settings) -> ConnectOptions:
+    m = settings.milvus
+    return ConnectOptions(
+        reconnect_max_s=m.reconnect_max_s,
+        tls_ca=m.tls_ca,
+        tls_cert=m.tls_cert,
+        tls_key=m.tls_key,
+        tls_server_name=m.tls_server_name,
+    )
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    m = settings.milvus
+    return RetryPolicy(
+        for_s=m.retry_for_s,
+        initial_s=m.retry_initial_s,
+        max_s=max(m.retry_max_s, m.retry_initial_s),
+    )
 
 
 class AuditEvents:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from ingest.drop import is_ignored, valid_group
-from ingest.errors import LinkRefused
+from ingest.errors import LinkRefused, StoreUnavailable
 from ingest.reasons import INTERNAL, reason_message
 from ingest.safefs import open_dir
 
@@ -252,12 +252,25 @@ class Uploads:
             try:
                 pipeline = self.knowledge.pipeline(events=self.events)
                 report = pipeline.run_once(progress=self._progress)
+            except StoreUnavailable:  # the files wait in the drop folder: queued again
+                self._requeue(taken)
+                raise
             except Exception:  # the whole pass failed: say so on every upload in it
                 # (generically: the exception can name server paths; _loop logs it)
                 self._finish_rest(taken, INTERNAL)
                 raise
             seen = {f.rel_path for f in report.files}
             self._finish_rest({p: i for p, i in taken.items() if p not in seen}, "not-picked-up")
+
+    def _requeue(self, taken: dict[str, str]) -> None:
+        code = "index-unavailable"
+        with self._mutex:
+            for upload_id in taken.values():
+                item = self._items[upload_id]
+                if item.state == "parsing":
+                    self._items[upload_id] = replace(
+                        item, state="queued", code=code, reason=reason_message(code)
+                    )
 
     def _progress(self, result: Any) -> None:
         state = "failed" if result.outcome == "failed" else "indexed"

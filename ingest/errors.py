@@ -61,3 +61,15 @@ class Changed(IngestError):
     recorded, and the next pass takes it again."""
 
     code = "changed"
+
+
+class StoreUnavailable(IngestError):
+    """Milvus did not answer: the server is down, unreachable, restarting or slower than the
+    time limit. Not the fault of any document: the ingestion job waits and retries
+    (`ingest.retry`) and never quarantines a file for it; a question answers 503."""
+
+    code = "milvus-unavailable"
+
+    def __init__(self, message: str, *, hint: str = "", timed_out: bool = False) -> None:
+        super().__init__(message, hint=hint)
+        self.timed_out = timed_out  # the server is up but slower than milvus.timeout_s

@@ -9,6 +9,7 @@ from typing import Any, Literal, Protocol
 from .chunk import Chunk, ChunkParams
 from .elements import ParsedDocument
 from .parse import ParseLimits
+from .retry import RetryPolicy
 from .sparse import Bm25Params
 
 Mode = Literal["inbox", "mirror"]
@@ -38,6 +39,7 @@ class IngestOptions:
     parse_ahead: int = 2  # files parsed at once (child processes) while others embed
     ahead_chunks: int = 3000  # parsing pauses while this many parsed chunks wait to embed
     ahead_files: int = 64  # ... or this many parsed files
+    retry: RetryPolicy = field(default_factory=RetryPolicy)  # Milvus outages (ingest.retry)
 
 
 @dataclass
@@ -62,6 +64,8 @@ class JobReport:
     job_id: str
     files: list[FileResult] = field(default_factory=list)
     seconds: float = 0.0
+    milvus_retries: int = 0  # Milvus calls retried while it was unavailable
+    milvus_wait_s: float = 0.0  # time spent waiting for it
 
     def count(self, outcome: str) -> int:
         return sum(1 for f in self.files if f.outcome == outcome)

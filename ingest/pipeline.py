@@ -52,18 +52,19 @@ from .drop import (
     valid_group,
 )
 from .elements import ParsedDocument
-from .errors import Changed, IngestError, LinkRefused, Rejected
+from .errors import Changed, IngestError, LinkRefused, Rejected, StoreUnavailable
 from .isolate import parse_and_chunk_isolated, parse_isolated
 from .jobs import EmbedderLike, Events, FileResult, IngestOptions, JobReport, Prepared
 from .prechunk import ChunkedDocument, ChunkSpec, chunk_and_count, keyed_term_freqs
 from .reasons import INTERNAL, known_code, reason_message, seal_detail
 from .records import build_records
 from .registry import Document, Registry, Unfinished
+from .retry import Retrier
 from .safefs import open_below
 from .scratch import scratch_copy
 from .sparse import TermHasher
 from .stages import ParseAhead, Prefetch, resolved
-from .store import ChunkStore
+from .store import ChunkRecord, ChunkStore
 
 log = logging.getLogger(__name__)
 MAX_DETAIL_CHARS = 16_000  # a failure's sealed detail (a traceback at most)
@@ -91,6 +92,7 @@ class Pipeline:
         self.embedder, self.hasher, self.cipher = embedder, hasher, cipher
         self.content_key, self.vault, self.options = content_key, vault, options
         self.events, self.clock = events, clock
+        self.milvus = Retrier(options.retry)  # rides out Milvus outages (ingest.retry)
         tokenizer = embedder.tokenizer_json
         self._chunk_spec = ChunkSpec.build(tokenizer, options.chunking) if tokenizer else None
 
@@ -102,9 +104,28 @@ class Pipeline:
     def run_once(
         self, *, progress: Callable[[FileResult], None] | None = None, settle: bool = True
     ) -> JobReport:
-        started = self.clock()
-        self.recover()
+        started, retried = self.clock(), (self.milvus.retries, self.milvus.waited_s)
         job = JobReport(self.registry.start_job(f"ingest-{self.source}"))
+        try:
+            self.recover()
+            self._run(job, progress, settle)
+        except StoreUnavailable:  # waited milvus.retry_for_s: stop, quarantining nothing
+            self._end_job(job, started, retried, "failed")
+            raise
+        self._end_job(job, started, retried, "done")
+        return job
+
+    def _end_job(
+        self, job: JobReport, started: float, retried: tuple[int, float], status: str
+    ) -> None:
+        job.seconds = self.clock() - started
+        job.milvus_retries = self.milvus.retries - retried[0]
+        job.milvus_wait_s = self.milvus.waited_s - retried[1]
+        self.registry.finish_job(job.job_id, status=status, counts=json.dumps(job.totals))
+
+    def _run(
+        self, job: JobReport, progress: Callable[[FileResult], None] | None, settle: bool
+    ) -> None:
         ready, present, links = self._ready(settle)
         if self.source == "mirror":
             for result in self._sync_deletions(present):
@@ -135,9 +156,6 @@ class Pipeline:
             for future in embedded:
                 (candidate, digest), step = future.result()
                 self._finish(job, self._process(candidate, digest, step), progress)
-        job.seconds = self.clock() - started
-        self.registry.finish_job(job.job_id, status="done", counts=json.dumps(job.totals))
-        return job
 
     def _finish(
         self, job: JobReport, result: FileResult, progress: Callable[[FileResult], None] | None
@@ -286,6 +304,8 @@ class Pipeline:
             return self._write(candidate, step, digest)
         except Changed as exc:  # the file was replaced or is gone since the scan
             return _skipped(candidate, exc)
+        except StoreUnavailable:  # not the file's fault: the job stops, the file stays
+            raise
         except IngestError as exc:  # Rejected, a missing tool, Milvus refusing the write...
             if not isinstance(exc, Rejected):
                 log.error("ingesting %s failed [%s]", candidate.rel_path, exc.code)
@@ -330,7 +350,7 @@ class Pipeline:
                 cipher=self.cipher,
                 bm25=self.options.bm25,
             )
-            self.store.insert(records)
+            self._insert(doc_id, version, records)
             if self.vault is not None and opened is not None:
                 # Record the storage id first: a crash during put leaves a known id to clean up.
                 storage_id = secrets.token_hex(16)
@@ -350,6 +370,10 @@ class Pipeline:
                 fmt=candidate.path.suffix.lower(),
                 warnings=prepared.parsed.warnings,
             )
+        except StoreUnavailable:  # Milvus is gone: recover() deletes this version later
+            if opened is not None:
+                opened.close()
+            raise
         except BaseException:
             self._discard(Unfinished(doc_id, version, ""))
             if opened is not None:
@@ -462,9 +486,11 @@ class Pipeline:
             )
         return results
 
-    def reindex(self, doc_id: str) -> FileResult:
+    def reindex(self, doc_id: str, *, unchanged_only: bool = False) -> FileResult:
         """Index a document again from its original: the vault copy (inbox) or the live file
-        (mirror). A vault copy is decrypted into a memory file system, never onto disk."""
+        (mirror). A vault copy is decrypted into a memory file system, never onto disk.
+        ``unchanged_only``: refuse (code ``changed``) an original whose content differs from
+        the indexed one (`docs verify --repair` restores what was indexed, nothing newer)."""
         doc = self.registry.get(doc_id)
         if doc is None or doc.status != "indexed":
             raise IngestError(
@@ -472,16 +498,19 @@ class Pipeline:
                 code="not-found",
                 hint="See `appliance docs list`.",
             )
+        expect = doc.content_hmac if unchanged_only else None
         if doc.source == "mirror":
-            return self._reindex_from(self.drop, doc.rel_path, doc.group)
+            return self._reindex_from(self.drop, doc.rel_path, doc.group, expect)
         if self.vault is None or not doc.vault_id:
             raise IngestError(
                 f"{doc_id} has no stored original to re-index from.", code="no-original"
             )
         with scratch_copy(doc.rel_path, self.vault.open_bytes(doc.vault_id)) as root:
-            return self._reindex_from(root, doc.rel_path, doc.group)
+            return self._reindex_from(root, doc.rel_path, doc.group, expect)
 
-    def _reindex_from(self, root: Path, rel_path: str, group: str) -> FileResult:
+    def _reindex_from(
+        self, root: Path, rel_path: str, group: str, expect: str | None = None
+    ) -> FileResult:
         try:
             with open_below(root, rel_path) as opened:
                 digest, info = keyed_digest(self.content_key, opened), opened.info
@@ -489,6 +518,12 @@ class Pipeline:
             raise IngestError(
                 f"The original of {rel_path} is gone or unreadable: {exc}", code="not-found"
             ) from None
+        if expect is not None and digest != expect:
+            raise IngestError(
+                f"{rel_path} has changed since it was indexed.",
+                code="changed",
+                hint="The next ingest pass indexes its new content.",
+            )
         identity = (info.st_dev, info.st_ino)
         candidate = Candidate(
             root / rel_path, rel_path, group, info.st_size, info.st_mtime, identity
@@ -516,8 +551,24 @@ class Pipeline:
         for item in items:
             self._discard(item)
 
+    def _insert(self, doc_id: str, version: int, records: list[ChunkRecord]) -> None:
+        """Write a version's chunks; after an outage, first delete what a failed attempt may
+        have left (a batch written before the server died, or one whose reply was lost), and
+        count the rows afterwards: a chunk written twice would be retried once more."""
+
+        def again() -> None:
+            self.store.delete_document(doc_id, version=version)
+            self.store.insert(records)
+            if self.store.count(doc_id, version) != len(records):
+                raise StoreUnavailable(f"The rows of {doc_id} did not match after a retry.")
+
+        self.milvus.call(lambda: self.store.insert(records), what=f"writing {doc_id}", again=again)
+
     def _discard(self, item: Unfinished) -> None:
-        self.store.delete_document(item.doc_id, version=item.version)
+        self.milvus.call(
+            lambda: self.store.delete_document(item.doc_id, version=item.version),
+            what=f"deleting {item.doc_id} version {item.version}",
+        )
         if item.vault_id and self.vault is not None:
             self.vault.delete(item.vault_id)
         self.registry.cleaned(item)

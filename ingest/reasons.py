@@ -52,6 +52,8 @@ REASONS: dict[str, str] = {
     "the next pass.",
     "not-picked-up": "The file was not found when ingestion ran (it was moved or replaced). "
     "Upload it again.",
+    "index-unavailable": "The search index (Milvus) was unavailable; the file waits in the drop "
+    "folder and is indexed as soon as the index answers again.",
     "symlink": "The file, a folder on its way, or its quarantine folder drop/_failed/<group> is a "
     "symbolic link; links in the drop folder are never followed. Replace the link by the file or "
     "folder itself.",

@@ -7,6 +7,10 @@ embedder), writes and deletes rows, and runs the two single-vector searches that
 fuses. Every search is filtered by the caller's groups, and an empty group list returns nothing
 without asking Milvus, so "no groups" can never mean "all rows".
 
+Connection options (a short reconnection backoff, TLS) and the mapping of failures to
+:class:`~ingest.errors.StoreUnavailable` (server down or too slow) or ``milvus-error`` live in
+`ingest.milvus_conn`.
+
 Filters are built only from validated values (group names, document ids, integers): Milvus Lite
 2.5 has no filter templates, and a malformed filter makes pymilvus retry for minutes, so nothing
 unchecked ever reaches an expression. Every call carries ``timeout`` so a dead server fails
@@ -26,6 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from .errors import IngestError
+from .milvus_conn import ConnectOptions, quiet_outage_logs, store_error
 from .schema import (
     DEFAULT_COLLECTION,
     DEFAULT_DENSE_INDEX,
@@ -107,9 +112,11 @@ class ChunkStore:
         token: str = "",
         timeout: float = 30.0,
         dense_index: DenseIndex = DEFAULT_DENSE_INDEX,
+        connect: ConnectOptions | None = None,
     ) -> ChunkStore:
         """Open the collection, creating it if missing; SchemaMismatch if another embedder
-        wrote it. ``uri``: a ``*.db`` path (Milvus Lite) or ``http(s)://host:port``.
+        wrote it. ``uri``: a ``*.db`` path (Milvus Lite) or ``http(s)://host:port``;
+        ``timeout``: seconds one call may take (StoreUnavailable past it).
 
         An existing collection whose dense index differs from ``dense_index`` (type or build
         parameters) gets its index rebuilt from the stored vectors before it is loaded
@@ -125,7 +132,7 @@ class ChunkStore:
                 hint="Set milvus.index_type to FLAT, IVF_FLAT or AUTOINDEX, or use a Milvus "
                 "server (milvus.uri = http://host:19530).",
             )
-        client, lite = _connect(uri, token, timeout)
+        client, lite = _connect(uri, token, timeout, connect or ConnectOptions())
         meta = CollectionMeta(model_id, dim)
         store = cls(client, collection, meta, lite, timeout, dense_index)
         try:
@@ -138,6 +145,7 @@ class ChunkStore:
     # -- life cycle ---------------------------------------------------------------------------
 
     def _ensure_collection(self) -> None:
+        import grpc
         from pymilvus import MilvusException
 
         try:
@@ -147,8 +155,8 @@ class ChunkStore:
             else:
                 self._create()
             self._client.load_collection(self.name, timeout=self._timeout)
-        except MilvusException as exc:
-            raise _unavailable(exc) from None
+        except (MilvusException, grpc.RpcError) as exc:
+            raise store_error(exc, timeout=self._timeout) from None
 
     def _check_existing(self) -> None:
         """The description names the model; the dense field's own width is the truth for dim."""
@@ -317,9 +325,15 @@ class ChunkStore:
             return None
         return Hit.from_result({"id": rows[0][F_ID], "distance": 0.0, "entity": rows[0]})
 
-    def count(self) -> int:
-        """Rows visible now (deleted rows excluded)."""
-        result = self._call("query", self.name, filter="", output_fields=["count(*)"])
+    def count(self, doc_id: str | None = None, version: int | None = None) -> int:
+        """Rows visible now (deleted rows excluded), of one document (and version) if given.
+        Unlike a search, query or scan, which show one row per chunk id, this counts a chunk
+        stored twice twice (`ingest.reconcile` finds duplicates so)."""
+        expr = f'{F_DOC} == "{check_doc_id(doc_id)}"' if doc_id is not None else ""
+        if version is not None:
+            expr = f"{expr} and " if expr else ""
+            expr += f"{F_VERSION} == {check_version(version)}"
+        result = self._call("query", self.name, filter=expr, output_fields=["count(*)"])
         return int(result[0]["count(*)"])
 
     def doc_ids(self) -> set[str]:
@@ -331,26 +345,37 @@ class ChunkStore:
         expr = f'{F_DOC} == "{check_doc_id(doc_id)}"'
         return sorted(row[F_ID] for row in self._scan(expr, [F_ID]))
 
+    def index_rows(self) -> list[tuple[str, str, int]]:
+        """(chunk id, document id, version) of every row, for `ingest.reconcile` (one scan)."""
+        rows = self._scan(f"{F_VERSION} >= 0", [F_ID, F_DOC, F_VERSION])
+        return [(str(r[F_ID]), str(r[F_DOC]), int(r[F_VERSION])) for r in rows]
+
     def _scan(self, expr: str, fields: list[str]) -> Iterator[dict[str, Any]]:
         """Every matching row, page by page (a plain query stops at 16,384 rows)."""
         iterator = self._call(
             "query_iterator", self.name, batch_size=_ITER_BATCH, filter=expr, output_fields=fields
         )
         try:
-            while page := iterator.next():
+            while page := self._guarded(iterator.next):
                 yield from page
         finally:
             iterator.close()
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        from pymilvus import MilvusException
-
         if self._client is None:
             raise IngestError("The chunk store is closed.", code="store-closed")
+        call = getattr(self._client, method)
+        return self._guarded(lambda: call(*args, timeout=self._timeout, **kwargs))
+
+    def _guarded(self, call: Any) -> Any:
+        """``call()``, its pymilvus or gRPC failure mapped by `ingest.milvus_conn`."""
+        import grpc
+        from pymilvus import MilvusException
+
         try:
-            return getattr(self._client, method)(*args, timeout=self._timeout, **kwargs)
-        except MilvusException as exc:
-            raise _unavailable(exc) from None
+            return call()
+        except (MilvusException, grpc.RpcError) as exc:
+            raise store_error(exc, timeout=self._timeout) from None
 
 
 def _batches(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
@@ -368,23 +393,20 @@ def _batches(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
         yield batch
 
 
-def _unavailable(exc: Exception) -> IngestError:
-    return IngestError(
-        f"Milvus refused or failed the request: {getattr(exc, 'message', exc)}",
-        code="milvus-error",
-        hint="Check that Milvus is running and reachable at the configured URI (and the token), "
-        "then retry; for Milvus Lite, check that no other process has the .db file open.",
-    )
-
-
 # -- connections --------------------------------------------------------------------------------
 
 
-def _connect(uri: str, token: str, timeout: float) -> tuple[Any, str | None]:
-    """(MilvusClient, the Lite file path or None). A Lite server process is started per file
-    by pymilvus and stopped by :func:`_release_lite` when its last store closes."""
+def _connect(
+    uri: str, token: str, timeout: float, connect: ConnectOptions
+) -> tuple[Any, str | None]:
+    """(MilvusClient on its own channel, the Lite file path or None). A Lite server process is
+    started per file by pymilvus and stopped by :func:`_release_lite` when its last store
+    closes."""
+    import grpc
     from pymilvus import MilvusClient, MilvusException
 
+    quiet_outage_logs()
+    _quiet_iterator_log()
     lite = None
     if uri.endswith(".db"):
         path = Path(uri).expanduser().absolute()
@@ -400,23 +422,29 @@ def _connect(uri: str, token: str, timeout: float) -> tuple[Any, str | None]:
         with _lite_lock:
             _lite_users[lite] += 1
     try:
-        return MilvusClient(uri=uri, token=token, timeout=timeout), lite
-    except MilvusException as exc:
+        options = connect.client_kwargs(uri)
+        return MilvusClient(uri=uri, token=token, timeout=timeout, **options), lite
+    except (MilvusException, grpc.RpcError) as exc:
         _release_lite(lite)
-        raise _unavailable(exc) from None
+        raise store_error(exc, timeout=timeout) from None
+    except BaseException:
+        _release_lite(lite)
+        raise
 
 
 def _import_lite() -> None:
-    """milvus-lite 2.5 imports the deprecated ``pkg_resources``; silence exactly that warning.
-
-    Lite also answers no MVCC timestamp to the query iterator, which then logs a warning on
-    every scan and falls back to a client timestamp (correct here): drop exactly that line.
-    """
+    """milvus-lite 2.5 imports the deprecated ``pkg_resources``; silence exactly that warning."""
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message="pkg_resources is deprecated as an API", category=UserWarning
         )
         import milvus_lite.server_manager  # noqa: F401
+
+
+def _quiet_iterator_log() -> None:
+    """Lite (and a server built on it) answers no MVCC timestamp to the query iterator, which
+    then logs a warning on every scan and falls back to a client timestamp (correct here):
+    drop exactly that line."""
     iterator_log = logging.getLogger("pymilvus.orm.iterator")
     if not any(isinstance(f, _LiteTimestampFilter) for f in iterator_log.filters):
         iterator_log.addFilter(_LiteTimestampFilter())

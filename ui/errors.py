@@ -14,7 +14,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from appliance.errors import is_user_facing
+from appliance.errors import KnowledgeUnavailable, is_user_facing
+from ingest.errors import StoreUnavailable
 
 from .i18n import pick_language, t
 
@@ -29,6 +30,11 @@ def error_message(exc: BaseException, lang: str) -> str:
 def shown_text(exc: BaseException, lang: str) -> str:
     """The plain text the browser may see of ``exc`` (the server log gets an internal error's
     diagnostics)."""
+    if isinstance(exc, StoreUnavailable):  # the index is down: say so, the cause to the log
+        log.error("web request failed [%s]: %s", exc.code, _diagnostics(exc))
+        exc = KnowledgeUnavailable.from_store(exc)
+    if isinstance(exc, KnowledgeUnavailable):
+        return t(lang, "error.knowledge_unavailable")
     if is_user_facing(exc):
         return _diagnostics(exc)
     code = str(getattr(exc, "code", "") or type(exc).__name__)

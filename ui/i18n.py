@@ -116,6 +116,8 @@ EN: dict[str, str] = {
     "admin.no_details": "No details were kept for this document.",
     "error.internal": "The appliance could not complete the request ({code}). An administrator "
     "finds the details in the server log.",
+    "error.knowledge_unavailable": "The knowledge base is unavailable right now: its search "
+    "index does not answer. Try again in a minute; if it persists, tell an administrator.",
     # Why a file was not indexed (`ingest.reasons`, whose English text this is).
     **{f"reason.{code}": message for code, message in REASONS.items()},
 }
@@ -227,6 +229,8 @@ ZH: dict[str, str] = {
     "admin.details": "显示失败详情",
     "admin.no_details": "该文档没有保存详细信息。",
     "error.internal": "一体机无法完成该请求（{code}）。管理员可以在服务器日志中查看详细信息。",
+    "error.knowledge_unavailable": "知识库暂时不可用：其检索索引没有响应。"
+    "请稍后重试；如果问题持续，请联系管理员。",
     "reason.password-protected": "文件受密码保护。请保存一份不带密码的副本后重新添加。",
     "reason.corrupt": "文件已损坏或不完整，无法读取。请重新保存或导出后添加新副本。",
     "reason.empty": "文件中没有可索引的文字（文件为空，或只有图片或空白工作表）。请检查文件；"
@@ -248,6 +252,8 @@ ZH: dict[str, str] = {
     "--details` 查看详细信息并报告。",
     "reason.interrupted": "索引被中断（一体机已停止）；下次处理时会重试该文件。",
     "reason.not-picked-up": "处理时未找到该文件（已被移动或替换）。请重新上传。",
+    "reason.index-unavailable": "检索索引（Milvus）暂时不可用；文件留在投放文件夹中，"
+    "索引恢复后即会被索引。",
     "reason.symlink": "该文件、其所在的某个文件夹或其隔离文件夹 drop/_failed/<组> 是符号链接；"
     "投放文件夹中的链接从不跟随。请用文件或文件夹本身替换该链接。",
 }

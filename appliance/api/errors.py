@@ -9,7 +9,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from ingest.errors import IngestError
+from ingest.errors import IngestError, StoreUnavailable
 from secure.errors import SecureError
 
 from ..errors import (
@@ -19,6 +19,7 @@ from ..errors import (
     Cancelled,
     Forbidden,
     InvalidInput,
+    KnowledgeUnavailable,
     ModelUnavailable,
     NotFound,
     Overloaded,
@@ -35,6 +36,7 @@ STATUS: list[tuple[type[Exception], int, str]] = [
     (NotFound, 404, "not_found_error"),
     (Overloaded, 429, "rate_limit_error"),
     (ModelUnavailable, 503, "model_unavailable"),
+    (KnowledgeUnavailable, 503, "service_unavailable"),
     (Cancelled, 408, "timeout_error"),
     (TooLarge, 413, "invalid_request_error"),
     (InvalidInput, 400, "invalid_request_error"),
@@ -54,6 +56,9 @@ def status_of(exc: Exception) -> tuple[int, str]:
 
 
 def to_response(exc: ApplianceError | SecureError | IngestError) -> JSONResponse:
+    if isinstance(exc, StoreUnavailable):  # e.g. /v1/search: the cause goes to the log
+        log.error("request failed [%s]: %s", exc.code, exc.diagnostics())
+        exc = KnowledgeUnavailable.from_store(exc)
     status, type_ = status_of(exc)
     extra: dict[str, Any] = {}
     reason = getattr(exc, "reason_code", None)
@@ -71,6 +76,7 @@ def to_response(exc: ApplianceError | SecureError | IngestError) -> JSONResponse
         extra["param"] = param
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     headers = {"Retry-After": "5"} if status == 429 else headers
+    headers = {"Retry-After": "10"} if isinstance(exc, KnowledgeUnavailable) else headers
     body = error_body(message, type_=type_, code=exc.code, **extra)
     return JSONResponse(body, status_code=status, headers=headers)
 

@@ -24,6 +24,7 @@ from .init_cmds import identity, init, issuer
 from .model_cmds import model, policy
 from .ops_cmds import report, status
 from .serve_cmds import ask, serve
+from .verify_cmds import verify
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -67,6 +68,7 @@ for command in (
 ):
     cli.add_command(command)
 eval_group.add_command(eval_answers)
+docs.add_command(verify)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from ingest.errors import StoreUnavailable
+
 from ..errors import NotFound, UsageError
 from ._context import CliContext, emit_json, pass_ctx
 from ._open import open_home
@@ -80,10 +82,15 @@ def ingest(ctx: CliContext, mode: str, as_json: bool) -> None:
         click.echo(f"Watching {pipeline.drop} ({settings.mode} mode); Ctrl-C stops.", err=True)
 
         def run_pass() -> None:
-            report = pipeline.run_once()
+            try:
+                report = pipeline.run_once()
+            except StoreUnavailable as exc:  # keep watching: the next pass tries again
+                click.echo(f"error: {exc.diagnostics()}", err=True)
+                return
             for f in report.files:
                 if f.outcome != "unchanged":
                     click.echo(_line(f))
+            _outage(report)
 
         from ..ops.runtime_state import watch_heartbeat
 
@@ -109,6 +116,8 @@ def ingest(ctx: CliContext, mode: str, as_json: bool) -> None:
                 "job": report.job_id,
                 "seconds": round(report.seconds, 3),
                 "totals": report.totals,
+                "milvus_retries": report.milvus_retries,
+                "milvus_wait_s": round(report.milvus_wait_s, 3),
                 "files": [_file_dict(f) for f in report.files],
             }
         )
@@ -122,6 +131,16 @@ def ingest(ctx: CliContext, mode: str, as_json: bool) -> None:
         f"{t['deleted']} removed; {t['pages']} pages, {t['chunks']} chunks in "
         f"{report.seconds:.1f} s."
     )
+    _outage(report)
+
+
+def _outage(report: Any) -> None:
+    if report.milvus_retries:
+        click.echo(
+            f"Milvus was unavailable during this run: {report.milvus_retries} calls retried, "
+            f"{report.milvus_wait_s:.1f} s waited; nothing was quarantined for it.",
+            err=True,
+        )
 
 
 def _line(f: Any) -> str:

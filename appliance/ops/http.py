@@ -14,10 +14,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
 
-from ingest.errors import IngestError
-
-from ..errors import ApplianceError
-from .services import audit_status
+from .services import audit_status, milvus_reading
 
 
 def mount_ops(app: FastAPI, runtime_like: Any) -> None:
@@ -59,12 +56,15 @@ def readiness(runtime_like: Any) -> tuple[bool, dict[str, Any]]:
     """(ready, body). A locked model does not make the appliance unready: extractive answers
     still work; it is reported under ``models`` and ``answer_mode``."""
     reasons: list[dict[str, str]] = []
+    warnings: list[dict[str, str]] = []
     checks: dict[str, Any] = {}
-    try:
-        checks["milvus"] = {"reachable": True, "rows": int(runtime_like.knowledge.store.count())}
-    except (IngestError, ApplianceError) as exc:
-        checks["milvus"] = {"reachable": False}
-        reasons.append({"code": "MILVUS_UNREACHABLE", "message": exc.diagnostics()})
+    milvus = milvus_reading(runtime_like.knowledge)
+    checks["milvus"] = {k: milvus[k] for k in ("reachable", "rows") if k in milvus}
+    if not milvus["reachable"]:
+        reasons.append({"code": "MILVUS_UNREACHABLE", "message": milvus["error"]})
+    elif "disagrees" in milvus:  # answers still work, from what the index holds
+        checks["milvus"]["agrees_with_registry"] = False
+        warnings.append({"code": "INDEX_DISAGREES", "message": milvus["disagrees"]})
     audit = audit_status(runtime_like.app.secure.layout.audit)
     checks["audit"] = {"writable": audit["writable"]}
     if not audit["writable"]:
@@ -82,4 +82,6 @@ def readiness(runtime_like: Any) -> tuple[bool, dict[str, Any]]:
     }
     if reasons:
         body["reasons"] = reasons
+    if warnings:
+        body["warnings"] = warnings
     return not reasons, body

@@ -77,6 +77,8 @@ def _service(sv: dict[str, Any]) -> list[str]:
     m = sv["milvus"]
     reach = {True: "reachable", False: "UNREACHABLE", None: "not checked"}[m.get("reachable")]
     detail = f", {m['rows']} rows" if "rows" in m else ""
+    if "disagrees" in m:
+        detail += f" (the registry expects {m['expected_rows']})"
     note = m.get("error") or m.get("note") or ""
     out = [
         f"milvus     {m['kind']} {m['uri']} [{m['collection']}]: {reach}{detail} {note}".rstrip()

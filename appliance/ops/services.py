@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ingest.drop import scan
 from ingest.errors import IngestError
+from ingest.reconcile import quick_check
 from secure.errors import SecureError
 
 from ..errors import ApplianceError
@@ -49,10 +50,20 @@ def milvus_status(settings: Any, knowledge: Any, serve: Heartbeat) -> dict[str, 
         return {**base, "reachable": None, "note": f"held by the server (pid {serve.pid})"}
     if knowledge is None:
         return {**base, "reachable": None, "note": "not checked"}
+    return {**base, **milvus_reading(knowledge)}
+
+
+def milvus_reading(knowledge: Any) -> dict[str, Any]:
+    """Reachable, its row count and whether that agrees with the registry (a Milvus data
+    directory restored from an older backup does not); the error when it does not answer."""
     try:
-        return {**base, "reachable": True, "rows": int(knowledge.store.count())}
+        check = quick_check(knowledge.registry, knowledge.store)
     except (IngestError, ApplianceError) as exc:
-        return {**base, "reachable": False, "error": exc.diagnostics()}
+        return {"reachable": False, "error": exc.diagnostics()}
+    out: dict[str, Any] = {"reachable": True, "rows": check.rows, "expected_rows": check.expected}
+    if not check.agrees:
+        out["disagrees"] = check.message()
+    return out
 
 
 def documents_status(knowledge: Any) -> dict[str, Any]:

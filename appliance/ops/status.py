@@ -13,16 +13,14 @@ from typing import Any
 
 import psutil
 
-from ingest.errors import IngestError
-
 from .. import __version__
-from ..errors import ApplianceError
 from .components import component_level
 from .runtime_state import DEFAULT_MAX_AGE_S, ROLES, Heartbeat, read
 from .services import (
     audit_status,
     documents_status,
     ingestion_status,
+    milvus_reading,
     milvus_status,
     model_entries,
     redact_uri,
@@ -175,6 +173,9 @@ def _down_problems(service: dict[str, Any]) -> list[dict[str, str]]:
 
 def _warnings(levels: dict[str, Any]) -> list[dict[str, str]]:
     found = []
+    disagrees = levels["service"]["milvus"].get("disagrees")
+    if disagrees:
+        found.append(_p("service", "warning", "INDEX_DISAGREES", disagrees))
     for m in levels["service"]["models"]:
         if m["state"] == "locked":
             found.append(
@@ -227,10 +228,9 @@ def server_info(runtime: Any) -> dict[str, Any]:
     cache = getattr(getattr(runtime, "extras", {}).get("ui"), "cache", None)
     if cache is not None:
         info["ui_cache"] = cache.info()  # where the web UI keeps uploads (memory or disk)
-    try:
-        info["milvus"] = {"reachable": True, "rows": int(runtime.knowledge.store.count())}
-    except (IngestError, ApplianceError) as exc:
-        info["milvus"] = {"reachable": False, "error": exc.diagnostics()[:300]}
+    info["milvus"] = milvus_reading(runtime.knowledge)
+    if "error" in info["milvus"]:
+        info["milvus"]["error"] = info["milvus"]["error"][:300]
     return info
 
 

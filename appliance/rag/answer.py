@@ -16,7 +16,9 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import Cancelled, Forbidden, InvalidInput, ModelUnavailable
+from ingest.errors import StoreUnavailable
+
+from ..errors import Cancelled, Forbidden, InvalidInput, KnowledgeUnavailable, ModelUnavailable
 from .answer_types import Answer, AnswerEvent, Mode, Source
 from .attribute import supporting_source
 from .cite import CitationFilter
@@ -177,7 +179,11 @@ class AnswerEngine:
     def _retrieve(self, turn: _Turn) -> tuple[list[Passage], float]:
         o = self.options
         groups = self.groups_of(turn.user)
-        result = self.retriever.search(turn.question, groups=groups, limit=o.passages)
+        try:
+            result = self.retriever.search(turn.question, groups=groups, limit=o.passages)
+        except StoreUnavailable as exc:  # the cause (address, error) is for the server log
+            _log.error("retrieval failed [%s]: %s", exc.code, exc.diagnostics())
+            raise KnowledgeUnavailable.from_store(exc) from None
         passages = [p for p in result.passages if p.score >= o.min_score]
         return passages, result.timings_ms.get("total_ms", 0.0)
 

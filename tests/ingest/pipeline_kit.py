@@ -1,4 +1,5 @@
-"""A real knowledge base in a temporary directory for pipeline tests: Milvus Lite, SQLite,
+"""A real knowledge base in a temporary directory for pipeline tests: Milvus (a Lite file, or a
+real server process when given a :class:`~tests.support.milvus_server.MilvusBackend`), SQLite,
 the bundled embedder, real keys and a real document vault (no appliance home needed)."""
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from pathlib import Path
 from appliance.rag.retrieve import Retriever
 from ingest.pipeline import IngestOptions, Pipeline
 from ingest.registry import Registry
+from ingest.retry import RetryPolicy
 from ingest.sparse import TermHasher
 from ingest.store import ChunkStore
 from secure.keyring import Keyring
 from secure.records import RecordCipher
 from secure.vault import DocumentVault, open_collection_key
+from tests.support.milvus_server import MilvusBackend
 
 
 @dataclass
@@ -26,6 +29,7 @@ class Kit:
     pipeline: Pipeline
     retriever: Retriever
     vault: DocumentVault | None
+    uri: str = ""
 
     def search(self, query: str, groups: list[str], limit: int = 5) -> list[str]:
         result = self.retriever.search(query, groups=groups, limit=limit)
@@ -42,8 +46,12 @@ def build_kit(
     mode: str = "inbox",
     ark: bytes | None = None,
     keys: dict[str, bytes] | None = None,
+    milvus: MilvusBackend | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: float = 30.0,
 ) -> Kit:
-    """Build (or reopen, with the same ``ark`` and ``keys``) a knowledge base under ``root``."""
+    """Build (or reopen, with the same ``ark`` and ``keys``) a knowledge base under ``root``;
+    its chunks in ``root/milvus.db``, a Lite file or ``milvus``'s server for that file."""
     root.mkdir(parents=True, exist_ok=True)
     ark = ark or os.urandom(32)
     keys = keys if keys is not None else {"terms": os.urandom(32), "content": os.urandom(32)}
@@ -55,7 +63,8 @@ def build_kit(
     )
     registry = Registry(root / "registry.db")
     info = embedder.info  # type: ignore[attr-defined]
-    store = ChunkStore.open(str(root / "milvus.db"), dim=info.dimension, model_id=info.model_id)
+    uri = milvus.uri(root / "milvus.db") if milvus is not None else str(root / "milvus.db")
+    store = ChunkStore.open(uri, dim=info.dimension, model_id=info.model_id, timeout=timeout)
     vault = DocumentVault(root / "vault", keyring) if mode == "inbox" else None
     hasher = TermHasher(keys["terms"])
     drop = root / "drop"
@@ -69,7 +78,7 @@ def build_kit(
         cipher=cipher,
         content_key=keys["content"],
         vault=vault,
-        options=IngestOptions(mode=mode, settle_s=0.0),
+        options=IngestOptions(mode=mode, settle_s=0.0, retry=retry or RetryPolicy()),
     )  # type: ignore[arg-type]
     retriever = Retriever(
         store=store,
@@ -80,7 +89,7 @@ def build_kit(
         embedder_languages=info.languages,
         candidates=20,
     )
-    kit = Kit(root, drop, registry, store, pipeline, retriever, vault)
+    kit = Kit(root, drop, registry, store, pipeline, retriever, vault, uri)
     kit.ark, kit.keys = ark, keys  # type: ignore[attr-defined]
     return kit
 

@@ -1,5 +1,6 @@
 """Crash safety: `kill -9` at each step of a batch, then a restart, leaves no duplicates, no
-orphan chunks and no lost files (real processes, real Milvus Lite, real SQLite)."""
+orphan chunks and no lost files (real processes, real Milvus Lite, real SQLite; one step also
+against a real Milvus server process, which outlives the killed ingest)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from ingest.reconcile import compare
 from tests.ingest.pipeline_kit import build_kit, put
 from tests.ingest.test_embed import bundled_embedder
+from tests.support.milvus_server import MilvusBackend
 
 FILES = {
     f"hr/note-{i}.txt": f"Policy note {i}: rule number {i} concerns topic {i * 7}."
@@ -24,10 +27,17 @@ from pathlib import Path
 from tests.ingest.pipeline_kit import build_kit
 from tests.ingest.test_embed import bundled_embedder
 
+from tests.support.milvus_server import MilvusBackend
+
 root, target, after = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 keys = {"terms": bytes.fromhex(os.environ["T_TERMS"]),
         "content": bytes.fromhex(os.environ["T_CONTENT"])}
-kit = build_kit(root, bundled_embedder(), ark=bytes.fromhex(os.environ["T_ARK"]), keys=keys)
+milvus = None
+if os.environ.get("T_URI"):  # the parent's server: a backend that hands out its URI
+    milvus = MilvusBackend("server")
+    milvus.uri = lambda path: os.environ["T_URI"]
+kit = build_kit(root, bundled_embedder(), ark=bytes.fromhex(os.environ["T_ARK"]), keys=keys,
+                milvus=milvus)
 owner = {"insert": kit.store, "commit": kit.registry, "vault": kit.vault, "unlink": Path}
 name = {"insert": "insert", "commit": "commit_version", "vault": "put", "unlink": "unlink"}[target]
 original = getattr(owner[target], name)
@@ -50,7 +60,15 @@ print("finished without dying")
     ("target", "after"), [("insert", 2), ("vault", 3), ("commit", 2), ("unlink", 1)]
 )
 def test_kill_9_then_restart(tmp_path: Path, target: str, after: int) -> None:
-    root = tmp_path / "kb"
+    kill_9_then_restart(tmp_path / "kb", target, after, MilvusBackend("lite"))
+
+
+def test_kill_9_mid_insert_with_a_milvus_server(tmp_path: Path) -> None:
+    with MilvusBackend("server") as milvus:
+        kill_9_then_restart(tmp_path / "kb", "insert", 2, milvus)
+
+
+def kill_9_then_restart(root: Path, target: str, after: int, milvus: MilvusBackend) -> None:
     ark, keys = os.urandom(32), {"terms": os.urandom(32), "content": os.urandom(32)}
     for rel, text in FILES.items():
         put(root / "drop", rel, text)
@@ -60,6 +78,7 @@ def test_kill_9_then_restart(tmp_path: Path, target: str, after: int) -> None:
         T_TERMS=keys["terms"].hex(),
         T_CONTENT=keys["content"].hex(),
         PYTHONPATH=str(Path(__file__).resolve().parents[2]),
+        T_URI=milvus.uri(root / "milvus.db") if milvus.is_server else "",
     )
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, str(root), target, str(after)],
@@ -70,7 +89,7 @@ def test_kill_9_then_restart(tmp_path: Path, target: str, after: int) -> None:
     )
     assert proc.returncode == -9, proc.stdout + proc.stderr
 
-    kit = build_kit(root, bundled_embedder(), ark=ark, keys=keys)
+    kit = build_kit(root, bundled_embedder(), ark=ark, keys=keys, milvus=milvus)
     report = kit.pipeline.run_once(settle=False)
     assert {f.outcome for f in report.files} <= {"indexed", "unchanged"}
     docs = kit.registry.documents()
@@ -86,6 +105,7 @@ def test_kill_9_then_restart(tmp_path: Path, target: str, after: int) -> None:
     assert kit.registry.unfinished() == []
     n_docs, _ = kit.registry.corpus()
     assert n_docs == kit.store.count()  # BM25 statistics match what is indexed
+    assert compare(kit.registry, kit.store).ok
     for rel, text in FILES.items():
         hits = kit.retriever.search(text, groups=["hr"], limit=1).passages
         assert hits and hits[0].document == rel

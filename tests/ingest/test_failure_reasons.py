@@ -34,6 +34,7 @@ CODES = [
     "index-error",
     "interrupted",
     "not-picked-up",
+    "index-unavailable",
     "symlink",
 ]
 

@@ -1,5 +1,6 @@
 """The ingestion pipeline end to end on real parts: real office files from the shared corpus,
-real Milvus Lite, SQLite, the bundled embedder, real encryption."""
+real Milvus (a Lite file and a server process: fixture ``milvus``), SQLite, the bundled
+embedder, real encryption."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ingest.sparse import analyze
 from tests.ingest.conftest import corpus_file
 from tests.ingest.pipeline_kit import Kit, build_kit, put
 from tests.ingest.test_embed import bundled_embedder
+from tests.support.milvus_server import MilvusBackend
 
 CANARY = "Quillfeather canary: the Ostrava vault code is 7741-MAGENTA-2209."
 
@@ -27,7 +29,13 @@ def embedder() -> Embedder:
 
 
 @pytest.fixture
-def kit(tmp_path: Path, embedder: Embedder) -> Kit:
+def kit(tmp_path: Path, embedder: Embedder, milvus: MilvusBackend) -> Kit:
+    return build_kit(tmp_path / "kb", embedder, milvus=milvus)
+
+
+@pytest.fixture
+def lite_kit(tmp_path: Path, embedder: Embedder) -> Kit:
+    """For tests of parsing and scheduling, where the Milvus backend plays no part."""
     return build_kit(tmp_path / "kb", embedder)
 
 
@@ -112,8 +120,9 @@ def test_same_content_again_is_a_no_op(kit: Kit) -> None:
     assert kit.store.count() == before and not (kit.drop / "hr/a.txt").exists()
 
 
-def test_largest_files_are_parsed_first(kit: Kit) -> None:
+def test_largest_files_are_parsed_first(lite_kit: Kit) -> None:
     """With one parse at a time, files come back in the order they were started."""
+    kit = lite_kit
     kit.pipeline.options = dataclasses.replace(kit.pipeline.options, parse_ahead=1)
     sizes = {"hr/small.txt": 1, "hr/large.txt": 40, "finance/middle.txt": 12, "hr/tie.txt": 12}
     for rel, sentences in sizes.items():
@@ -124,7 +133,8 @@ def test_largest_files_are_parsed_first(kit: Kit) -> None:
     assert {f.outcome for f in report.files} == {"indexed"}
 
 
-def test_refailed_file_is_retried_in_inbox(kit: Kit) -> None:
+def test_refailed_file_is_retried_in_inbox(lite_kit: Kit) -> None:
+    kit = lite_kit
     put(kit.drop, "hr/empty.txt", "")
     assert outcomes(kit.pipeline.run_once(settle=False))["hr/empty.txt"][0] == "failed"
     put(kit.drop, "hr/empty.txt", "")
@@ -152,8 +162,10 @@ def test_reindex_from_vault(kit: Kit) -> None:
     assert any("Fire drills" in t for t in kit.search("fire drill tuesday", ["hr"]))
 
 
-def test_mirror_add_modify_delete_rename(tmp_path: Path, embedder: Embedder) -> None:
-    kit = build_kit(tmp_path / "kb", embedder, mode="mirror")
+def test_mirror_add_modify_delete_rename(
+    tmp_path: Path, embedder: Embedder, milvus: MilvusBackend
+) -> None:
+    kit = build_kit(tmp_path / "kb", embedder, mode="mirror", milvus=milvus)
     src = put(kit.drop, "ops/runbook.txt", "Restart the ingest service with systemctl.")
     kit.pipeline.run_once(settle=False)
     assert src.exists()  # mirror never touches originals

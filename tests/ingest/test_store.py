@@ -1,5 +1,6 @@
-"""The Milvus chunk store (ingest/store.py, ingest/schema.py) on real Milvus Lite files, with
-real embeddings, real keyed-hash sparse vectors and real payload encryption."""
+"""The Milvus chunk store (ingest/store.py, ingest/schema.py) with real embeddings, real
+keyed-hash sparse vectors and real payload encryption, on both backends (fixture ``milvus``):
+a Milvus Lite file and a real Milvus server process over TCP."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ingest.store import ChunkStore
 from secure.errors import TamperedError
 from secure.records import RecordCipher
 from tests.ingest.test_embed import bundled_embedder
+from tests.support.milvus_server import MilvusBackend
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DIM = 384
@@ -69,19 +71,21 @@ def record(
     )
 
 
-def open_store(path: Path, **kwargs: object) -> ChunkStore:
+def open_store(uri: str, **kwargs: object) -> ChunkStore:
     options: dict[str, object] = {"dim": DIM, "model_id": MODEL, **kwargs}
-    return ChunkStore.open(str(path), **options)  # type: ignore[arg-type]
+    return ChunkStore.open(uri, **options)  # type: ignore[arg-type]
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[ChunkStore]:
-    with open_store(tmp_path / "milvus.db") as opened:
+def store(tmp_path: Path, milvus: MilvusBackend) -> Iterator[ChunkStore]:
+    with open_store(milvus.uri(tmp_path / "milvus.db")) as opened:
         yield opened
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChunkStore]:
+def corpus(
+    tmp_path_factory: pytest.TempPathFactory, milvus_module: MilvusBackend
+) -> Iterator[ChunkStore]:
     """One read-only collection of real sentences, shared by the search tests."""
     embedder = bundled_embedder()
     texts = [text for _, text in PASSAGES.values()]
@@ -91,7 +95,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChunkStore]:
         for i, (doc_id, (group, text)) in enumerate(PASSAGES.items())
     ]
     path = tmp_path_factory.mktemp("corpus") / "milvus.db"
-    with open_store(path) as opened:
+    with open_store(milvus_module.uri(path)) as opened:
         opened.insert(records)
         opened.flush()
         yield opened
@@ -211,8 +215,8 @@ def test_delete_by_document_and_version(store: ChunkStore) -> None:
     assert store.count() == 0 and store.doc_ids() == set()
 
 
-def test_schema_mismatch_is_refused_with_what_to_do(tmp_path: Path) -> None:
-    path = tmp_path / "milvus.db"
+def test_schema_mismatch_is_refused_with_what_to_do(tmp_path: Path, milvus: MilvusBackend) -> None:
+    path = milvus.uri(tmp_path / "milvus.db")
     with open_store(path) as created:
         created.insert([record("a", "persisted row")])
     with open_store(path) as reopened:  # holds the Lite server for the refused opens below
@@ -233,12 +237,12 @@ def test_schema_mismatch_is_refused_with_what_to_do(tmp_path: Path) -> None:
         assert reopened.count() == 1
 
 
-def test_a_foreign_collection_is_not_adopted(tmp_path: Path) -> None:
+def test_a_foreign_collection_is_not_adopted(tmp_path: Path, milvus: MilvusBackend) -> None:
     from pymilvus import DataType, MilvusClient
 
-    path = tmp_path / "milvus.db"
+    path = milvus.uri(tmp_path / "milvus.db")
     with open_store(path, collection="ours"):
-        client = MilvusClient(str(path))
+        client = MilvusClient(path)
         schema = MilvusClient.create_schema(auto_id=False, description="someone else's")
         schema.add_field("pk", DataType.INT64, is_primary=True)
         schema.add_field("v", DataType.FLOAT_VECTOR, dim=DIM)
@@ -271,38 +275,40 @@ def test_bad_records_insert_nothing(store: ChunkStore) -> None:
     assert store.count() == 0
 
 
-def test_no_plaintext_in_the_milvus_files(tmp_path: Path) -> None:
-    path = tmp_path / "milvus.db"
-    with open_store(path) as opened:
+def test_no_plaintext_in_the_milvus_files(tmp_path: Path, milvus: MilvusBackend) -> None:
+    with open_store(milvus.uri(tmp_path / "milvus.db")) as opened:
         opened.insert([record("merger", CANARY, group="finance")])
         opened.flush()
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert files
+    assert any(p.name == "milvus.db" for p in files)
     for needle in (CANARY.encode(), b"Kestrel", b"Handbook"):
         assert not [p for p in files if needle in p.read_bytes()]
 
 
-def test_limits_and_closed_store(tmp_path: Path) -> None:
-    opened = open_store(tmp_path / "milvus.db")
+def test_limits_and_closed_store(tmp_path: Path, milvus: MilvusBackend) -> None:
+    uri = milvus.uri(tmp_path / "milvus.db")
+    opened = open_store(uri)
     with pytest.raises(ValueError, match="limit"):
         opened.search_dense(np.ones(DIM), groups=["public"], limit=0)
     with pytest.raises(ValueError):
-        open_store(tmp_path / "milvus.db", collection="bad-name")
+        open_store(uri, collection="bad-name")
     opened.close()
     opened.close()
     with pytest.raises(IngestError, match="closed"):
         opened.count()
     with pytest.raises(IngestError, match="does not exist"):
-        open_store(tmp_path / "missing" / "milvus.db")
+        open_store(str(tmp_path / "missing" / "milvus.db"))
 
 
-def test_two_stores_on_one_lite_file_share_its_server(tmp_path: Path) -> None:
-    """Ingest and retrieval may open the same file in one process: closing one keeps the other."""
-    first = open_store(tmp_path / "milvus.db")
-    second = open_store(tmp_path / "milvus.db")
+def test_two_stores_on_one_milvus_share_it(tmp_path: Path, milvus: MilvusBackend) -> None:
+    """Ingest and retrieval may open the same file or server in one process: closing one keeps
+    the other (for Lite, the file's server process stays until its last store closes)."""
+    uri = milvus.uri(tmp_path / "milvus.db")
+    first = open_store(uri)
+    second = open_store(uri)
     first.insert([record("a", "shared row")])
     first.close()
     assert second.count() == 1
     second.close()
-    with open_store(tmp_path / "milvus.db") as third:  # the server restarts on demand
+    with open_store(uri) as third:  # the Lite server restarts on demand
         assert third.doc_ids() == {"a"}

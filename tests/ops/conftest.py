@@ -1,6 +1,7 @@
 """A real appliance home for the ops tests: two installed model packages, one under a valid
-policy (30 days left) and one whose policy expired two days ago; a Milvus Lite file; the
-bundled embedder loaded once per session."""
+policy (30 days left) and one whose policy expired two days ago; Milvus as a Lite file in the
+home or a real server process (fixture ``milvus_module``); the bundled embedder loaded once per
+session."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from secure.issuer import IssuerKey
 from secure.package import package_model, unseal_package_key
 from secure.policy import issue_policy
 from tests.secure.helpers import write_model_dir
+from tests.support.milvus_server import MilvusBackend
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -76,9 +78,14 @@ def _grant(issuer: IssuerKey, app: Appliance, tmp: Path, name: str, *, start: in
 
 
 @pytest.fixture(scope="module")
-def ops_home(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Iterator[OpsHome]:
+def ops_home(
+    tmp_path_factory: pytest.TempPathFactory, embedder: Any, milvus_module: MilvusBackend
+) -> Iterator[OpsHome]:
     tmp = tmp_path_factory.mktemp("ops")
-    settings = fast_settings(tmp / "home")
+    server = {"uri": milvus_module.uri(tmp / "milvus" / "chunks.db")}
+    settings = fast_settings(
+        tmp / "home", **({"milvus": server} if milvus_module.is_server else {})
+    )
     now = int(time.time())
     app = init_appliance(settings, PASSPHRASE, now=now - 40 * DAY, actor="test")
     issuer = IssuerKey.generate("vendor")

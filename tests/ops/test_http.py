@@ -22,6 +22,7 @@ from appliance.ops.metrics import Metrics
 from appliance.ops.tasks import TaskStore
 from appliance.users import User
 from ingest.store import ChunkStore
+from tests.support.milvus_server import lite_only
 
 from .conftest import OpsHome, make_answer
 
@@ -85,10 +86,12 @@ def test_healthz_and_readyz(ops_home: OpsHome, tmp_path: Path) -> None:
     body = ready.json()
     assert ready.status_code == 200 and body["status"] == "ready" and "reasons" not in body
     assert body["checks"]["milvus"] == {"reachable": True, "rows": 0}
+    assert "warnings" not in body
     assert body["answer_mode"] == "generative"
     assert {"name": "old-model", "loaded": False, "reason_code": "EXPIRED"} in body["models"]
 
 
+@lite_only
 def test_readyz_503_with_reason_when_milvus_is_gone(ops_home: OpsHome, tmp_path: Path) -> None:
     info = ops_home.knowledge.embedder.info
     (tmp_path / "m").mkdir()
@@ -105,6 +108,7 @@ def test_readyz_503_with_reason_when_milvus_is_gone(ops_home: OpsHome, tmp_path:
     assert "closed" in body["reasons"][0]["message"]
 
 
+@lite_only
 def test_metrics_show_the_questions_just_asked(ops_home: OpsHome, tmp_path: Path) -> None:
     rt = _runtime(ops_home, tmp_path)
     user = User("zhang.wei", "staff", ("finance",), False, 0, 0, 0, 0)
@@ -146,6 +150,7 @@ def loopback(ops_home: OpsHome, tmp_path: Path) -> Iterator[tuple[str, RuntimeLi
     thread.join(timeout=10)
 
 
+@lite_only
 def test_real_server_on_loopback(loopback: tuple[str, RuntimeLike]) -> None:
     base, rt = loopback
     user = User("li.na", "staff", ("hr",), False, 0, 0, 0, 0)

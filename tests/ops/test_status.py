@@ -14,6 +14,7 @@ from appliance.ops.render import render_status
 from appliance.ops.services import redact_uri, tls_status
 from appliance.ops.status import collect_status
 from appliance.ops.tasks import TaskStore
+from tests.support.milvus_server import lite_only
 from tests.support.tls import self_signed
 
 from .conftest import DAY, PASSPHRASE, OpsHome
@@ -23,6 +24,7 @@ def _status(h: OpsHome, tasks: TaskStore) -> dict:
     return collect_status(h.app, h.knowledge, now=h.now, task_store=tasks, cpu_interval_s=0.0)
 
 
+@lite_only
 def test_locked_model_reason_and_days_left(ops_home: OpsHome, tmp_path: Path) -> None:
     tasks = TaskStore(tmp_path / "tasks.db")
     s = _status(ops_home, tasks)
@@ -42,25 +44,31 @@ def test_locked_model_reason_and_days_left(ops_home: OpsHome, tmp_path: Path) ->
     json.dumps(s)  # the JSON view needs no custom encoder
 
 
-def test_service_levels_are_real(ops_home: OpsHome, tmp_path: Path) -> None:
+def test_service_levels_are_real(ops_home: OpsHome, tmp_path: Path, milvus_kind: str) -> None:
     tasks = TaskStore(tmp_path / "tasks.db")
     s = _status(ops_home, tasks)
     milvus = s["service"]["milvus"]
-    assert milvus["reachable"] is True and milvus["rows"] == 0 and milvus["kind"] == "lite"
+    assert milvus["reachable"] is True and milvus["rows"] == 0 and milvus["kind"] == milvus_kind
+    assert milvus["expected_rows"] == 0 and "disagrees" not in milvus
     assert s["service"]["audit"]["writable"] is True
     assert s["service"]["documents"] == {"indexed": 0, "failed": 0, "indexing": 0}
     assert s["service"]["tls"]["configured"] is False
     disks = {d["name"]: d for d in s["component"]["disks"]}
-    assert set(disks) == {"home", "drop", "vault", "milvus"}
-    assert disks["home"]["bytes"] > disks["milvus"]["bytes"] > 0
+    if milvus_kind == "lite":  # the Lite file is in the home; a server keeps its own disk
+        assert set(disks) == {"home", "drop", "vault", "milvus"}
+        assert disks["home"]["bytes"] > disks["milvus"]["bytes"] > 0
+    else:
+        assert set(disks) == {"home", "drop", "vault"}
     assert s["component"]["gpu"]["available"] in (True, False)
     assert "reason" in s["component"]["gpu"] or s["component"]["gpu"]["devices"]
     node = s["node"]
     assert node["server"]["running"] is False and "no heartbeat" in node["server"]["reason"]
-    assert node["settings"]["milvus_uri"].endswith("chunks.db")
+    uri = node["settings"]["milvus_uri"]
+    assert uri.endswith("chunks.db") if milvus_kind == "lite" else uri.startswith("http://")
     assert "token" not in json.dumps(node["settings"])
 
 
+@lite_only
 def test_watcher_heartbeat_and_queue(ops_home: OpsHome, tmp_path: Path) -> None:
     drop = ops_home.settings.drop_dir / "finance"
     drop.mkdir(parents=True, exist_ok=True)
@@ -82,6 +90,7 @@ def test_watcher_heartbeat_and_queue(ops_home: OpsHome, tmp_path: Path) -> None:
     assert "watcher alive" in render_status(s)
 
 
+@lite_only
 def test_task_level_shows_recent_work(ops_home: OpsHome, tmp_path: Path) -> None:
     tasks = TaskStore(tmp_path / "tasks.db")
     tasks.record_question(
@@ -104,11 +113,12 @@ def test_task_level_shows_recent_work(ops_home: OpsHome, tmp_path: Path) -> None
     assert "25.0 tok/s" in text and "[encrypted]" in text
 
 
-def test_cli_status_shows_every_level(ops_home: OpsHome) -> None:
+def test_cli_status_shows_every_level(ops_home: OpsHome, milvus_kind: str) -> None:
     env = {
         "APPLIANCE_HOME": str(ops_home.settings.home),
         "APPLIANCE_PASSPHRASE": PASSPHRASE,
         "APPLIANCE__SECURITY__KDF_COST_LOG2": "10",
+        "APPLIANCE__MILVUS__URI": ops_home.settings.milvus.uri,
     }
     result = CliRunner().invoke(cli, ["status"], env=env, catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -116,7 +126,7 @@ def test_cli_status_shows_every_level(ops_home: OpsHome) -> None:
     for title in ("Component", "Service", "Appliance", "Tasks"):
         assert f"\n{title}\n" in out
     assert "old-model: LOCKED [EXPIRED]" in out and "30.0 days left" in out
-    assert "DEGRADED" in out and "milvus     lite" in out
+    assert "DEGRADED" in out and f"milvus     {milvus_kind}" in out
 
 
 def test_tls_expiry(tmp_path: Path) -> None:
