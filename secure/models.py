@@ -34,6 +34,7 @@ from .policy import (
     Policy,
     TrustContext,
     authorize,
+    check_finetune,
     check_policy,
     open_model_key,
 )
@@ -57,6 +58,7 @@ class ModelStatus:
     unlockable: bool
     reason_code: str
     reason: str
+    finetune: bool = False  # the effective policy allows fine-tuning this model here
 
 
 @dataclass
@@ -314,6 +316,7 @@ class ModelStore:
             unlockable=unlockable,
             reason_code=code,
             reason=reason,
+            finetune=bool(grant and grant.finetune and unlockable),
         )
 
     def open_model(
@@ -325,19 +328,25 @@ class ModelStore:
         now: int,
         host: HostContext,
         threads: int = 0,
+        purpose: str = "serve",
     ) -> OpenedModel:
         """Unlock ``name`` for ``user``/``role``: every check, then decrypt into memory.
 
         ``user=None`` is the serving process itself loading a model it will later hand out per
         request: every policy check runs except :func:`authorize`, which the server then runs for
-        each caller (see ``ModelStore.authorize``).
+        each caller (see ``ModelStore.authorize``). ``purpose="finetune"`` (a training job,
+        ``user=None``) also needs the policy's signed fine-tuning permission.
         """
-        actor = f"user:{user}" if user is not None else "service:serve"
+        if purpose not in ("serve", "finetune"):
+            raise ValueError(f"purpose must be 'serve' or 'finetune', not {purpose!r}")
+        actor = f"user:{user}" if user is not None else f"service:{purpose}"
         try:
             manifest = self.manifest(name)
             result, key = self._effective(name, manifest, now, host)
             grant = result.policy.grant(name)
             assert grant is not None
+            if purpose == "finetune":
+                check_finetune(result.policy, name)
             if user is not None:
                 authorize(grant, user=user, role=role or "")
             files = decrypt_package(self.home.layout.models / name, manifest, key, threads=threads)
@@ -345,6 +354,8 @@ class ModelStore:
             self._audit_refusal("model.unlock", actor, now, name, exc)
             raise
         details: dict[str, str | int | bool] = {"policy": result.policy.policy_id}
+        if purpose != "serve":
+            details["purpose"] = purpose
         if role is not None:
             details["role"] = role
         if result.host_changed:

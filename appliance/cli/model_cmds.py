@@ -202,6 +202,11 @@ def policy() -> None:
     default=None,
     help="Host factors that must match (default: all but one of three or more).",
 )
+@click.option(
+    "--allow-finetune",
+    is_flag=True,
+    help="Let the appliance fine-tune these models (signed into the policy; default off).",
+)
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True)
 @pass_ctx
 def policy_issue(
@@ -217,6 +222,7 @@ def policy_issue(
     max_offline: str | None,
     serial: int | None,
     host_k: int | None,
+    allow_finetune: bool,
     out: Path,
 ) -> None:
     """Sign a policy for one appliance, sealing each model key to its identity."""
@@ -241,13 +247,15 @@ def policy_issue(
         not_after=parse_time(not_after),
         max_offline_s=parse_duration(max_offline) if max_offline else None,
         host_k=host_k,
+        allow_finetune=allow_finetune,
     )
     out.write_bytes(data)
     issued = Policy.from_bytes(data)
     click.echo(
         f"Issued policy {issued.policy_id} (serial {issued.serial}) for "
         f"{ident.appliance_id}: {', '.join(g.name for g in issued.models)}, "
-        f"{iso(issued.not_before)} – {iso(issued.not_after)}, roles {roles}."
+        f"{iso(issued.not_before)} – {iso(issued.not_after)}, roles {roles}"
+        + ("; fine-tuning allowed." if allow_finetune else ".")
     )
 
 
@@ -294,6 +302,7 @@ def _policy_dict(p: Policy, revoked: set[str]) -> dict[str, object]:
                 "package_id": g.package_id,
                 "roles": list(g.roles),
                 "users": list(g.users),
+                "finetune": g.finetune,
             }
             for g in p.models
         ],
