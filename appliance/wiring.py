@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from secure.home import HomeLayout, UnlockedHome, create_home, unlock_home
 from secure.keys import KdfParams
@@ -17,7 +18,12 @@ from .config import SETTINGS_FILE, Settings, default_settings_text
 from .conversations import ConversationStore
 from .users import ScryptParams, UserStore
 
+if TYPE_CHECKING:
+    from .finetune.datasets import TrainingData
+    from .finetune.store import FinetuneDb
+
 DB_FILE = "appliance.db"
+FINETUNE_DIR = "finetune"
 
 
 def kdf_params(settings: Settings) -> KdfParams:
@@ -59,6 +65,22 @@ class Appliance:
     def conversations(self) -> ConversationStore:
         """Everyone's encrypted history (migrated to per-account keys on first open)."""
         return ConversationStore.open(self.settings.home, self.secure, users=self.users)
+
+    @cached_property
+    def finetune_db(self) -> FinetuneDb:
+        """Data sets, jobs and loss curves of fine-tuning (metadata only)."""
+        from .finetune.store import FinetuneDb
+
+        return FinetuneDb(self.settings.home / FINETUNE_DIR)
+
+    @cached_property
+    def training_data(self) -> TrainingData:
+        """Imported training files, encrypted (one key each)."""
+        from .finetune.datasets import TrainingData
+
+        return TrainingData(
+            self.secure, self.finetune_db, max_bytes=self.settings.finetune.max_data_mb * 2**20
+        )
 
 
 def init_appliance(settings: Settings, passphrase: str, *, now: int, actor: str) -> Appliance:
