@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from secure.home import HomeLayout, UnlockedHome, create_home, unlock_home
 from secure.keys import KdfParams
-from secure.models import ModelStore
 
+from .adapters import ModelCatalog
 from .config import SETTINGS_FILE, Settings, default_settings_text
 from .conversations import ConversationStore
 from .users import ScryptParams, UserStore
@@ -43,8 +43,9 @@ class Appliance:
     extras: dict[str, object] = field(default_factory=dict)
 
     @cached_property
-    def models(self) -> ModelStore:
-        return ModelStore(
+    def models(self) -> ModelCatalog:
+        """Installed models and the adapters fine-tuned from them."""
+        return ModelCatalog(
             self.secure,
             skew_s=self.settings.security.clock_skew_s,
             host_k_min=self.settings.security.host_factors_required,

@@ -59,6 +59,7 @@ class ModelStatus:
     reason_code: str
     reason: str
     finetune: bool = False  # the effective policy allows fine-tuning this model here
+    base: str | None = None  # for an adapter: the base model whose policy governs it
 
 
 @dataclass
@@ -93,6 +94,13 @@ class ModelStore:
         try:
             manifest = read_manifest(pkg_dir)
             validate_model_name(manifest.model)
+            if (self.home.layout.root / "adapters" / manifest.model).exists():
+                raise SecureError(
+                    f"An adapter named {manifest.model} is installed; models and adapters "
+                    "share one namespace.",
+                    code="EXISTS",
+                    hint="Remove the adapter first, or package the model under another name.",
+                )
             problems = list(iter_integrity_problems(pkg_dir, manifest))
             if problems:
                 raise TamperedError("model package", detail="; ".join(problems[:5]))

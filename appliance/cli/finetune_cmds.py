@@ -8,6 +8,14 @@ import click
 
 from ._context import CliContext, emit_json, iso, pass_ctx
 from ._open import open_home
+from .finetune_jobs import (
+    finetune_cancel,
+    finetune_list,
+    finetune_resume,
+    finetune_run,
+    finetune_start,
+    finetune_status,
+)
 
 _json = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -73,3 +81,14 @@ def data_remove(ctx: CliContext, name: str) -> None:
         f"Removed {ds.name} ({ds.id}): its key is destroyed. Run `appliance keys rotate` and "
         "`appliance keys trim` to make old backups of the key store unreadable too."
     )
+
+
+for _command in (
+    finetune_start,
+    finetune_status,
+    finetune_list,
+    finetune_cancel,
+    finetune_resume,
+    finetune_run,
+):
+    finetune.add_command(_command)

@@ -83,6 +83,8 @@ def _status_dict(s: ModelStatus) -> dict[str, object]:
         "unlockable_now": s.unlockable,
         "reason_code": s.reason_code,
         "reason": s.reason,
+        "base": s.base,
+        "finetune_allowed": s.finetune,
     }
 
 
@@ -103,8 +105,9 @@ def model_list(ctx: CliContext, as_json: bool) -> None:
         click.echo("No models installed.")
     for r in rows:
         state = "unlockable now" if r["unlockable_now"] else f"LOCKED ({r['reason_code']})"
+        kind = f" (adapter of {r['base']})" if r["base"] else ""
         click.echo(
-            f"{r['name']}: integrity {r['integrity']}, policy {r['policy'] or '-'}, "
+            f"{r['name']}{kind}: integrity {r['integrity']}, policy {r['policy'] or '-'}, "
             f"valid until {r['valid_until'] or '-'}, binding {r['host_binding']}, "
             f"roles {','.join(r['roles']) or '-'}: {state}"  # type: ignore[arg-type]
         )
