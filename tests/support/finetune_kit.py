@@ -77,12 +77,13 @@ class FinetuneWorld:
     home: Path
     issuer: IssuerKey
     package: Path
+    now: int = NOW  # when the world was made (the subprocess tests use the real clock)
 
     def settings(self, **overrides: Any) -> Any:
         return load_settings(self.home, **overrides)
 
-    def appliance(self, now: int = NOW) -> Appliance:
-        return open_appliance(self.settings(), PASSPHRASE, now=now, actor="test")
+    def appliance(self, now: int | None = None) -> Appliance:
+        return open_appliance(self.settings(), PASSPHRASE, now=now or self.now, actor="test")
 
     def policy(
         self,
@@ -90,39 +91,39 @@ class FinetuneWorld:
         *,
         serial: int,
         allow_finetune: bool = True,
-        not_before: int = NOW - 60,
-        not_after: int = NOW + 86_400 * 30,
+        not_before: int | None = None,
+        not_after: int | None = None,
         roles: tuple[str, ...] = ("staff", "admin"),
     ) -> bytes:
         manifest, key = unseal_package_key(self.package, self.issuer)
         host = app.secure.host()
         return issue_policy(
             self.issuer,
-            identity=app.secure.public_identity(host, now=NOW),
+            identity=app.secure.public_identity(host, now=self.now),
             grants=[(BASE, manifest.package_id, manifest.sha256, key, list(roles), [])],
             serial=serial,
-            issued_at=NOW - 120,
-            not_before=not_before,
-            not_after=not_after,
+            issued_at=self.now - 120,
+            not_before=self.now - 60 if not_before is None else not_before,
+            not_after=self.now + 86_400 * 30 if not_after is None else not_after,
             allow_finetune=allow_finetune,
         )
 
-    def install_policy(self, app: Appliance, data: bytes, *, now: int = NOW) -> None:
-        app.models.install_policy(data, actor="test", now=now, host=app.secure.host())
+    def install_policy(self, app: Appliance, data: bytes, *, now: int | None = None) -> None:
+        app.models.install_policy(data, actor="test", now=now or self.now, host=app.secure.host())
 
 
 def build_finetune_world(
-    root: Path, model_dir: Path, *, allow_finetune: bool = True
+    root: Path, model_dir: Path, *, allow_finetune: bool = True, now: int = NOW
 ) -> FinetuneWorld:
     os.environ.update(ENV)
     home = root / "home"
-    app = init_appliance(load_settings(home), PASSPHRASE, now=NOW, actor="test")
+    app = init_appliance(load_settings(home), PASSPHRASE, now=now, actor="test")
     for name, role, groups in (("admin", "admin", []), ("bob", "staff", ["finance"])):
-        app.users.add_user(name, role=role, groups=groups, password=PASSWORD, now=NOW)
+        app.users.add_user(name, role=role, groups=groups, password=PASSWORD, now=now)
     issuer = IssuerKey.generate("vendor")
     package = root / "pkg"
-    package_model(model_dir, package, name=BASE, issuer=issuer.public(), now=NOW)
-    app.models.install_package(package, actor="test", now=NOW)
-    world = FinetuneWorld(root, home, issuer, package)
+    package_model(model_dir, package, name=BASE, issuer=issuer.public(), now=now)
+    app.models.install_package(package, actor="test", now=now)
+    world = FinetuneWorld(root, home, issuer, package, now)
     world.install_policy(app, world.policy(app, serial=1, allow_finetune=allow_finetune))
     return world
