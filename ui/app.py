@@ -95,9 +95,10 @@ def build_blocks(ctx: UiContext, labels: gr.I18n) -> gr.Blocks:
                 chat.mode_text(ctx, user, lang),
                 gr.update(visible=user.is_admin),
                 upload.group_choices(ctx, user),
+                chat.model_update(ctx, user, lang, request.session_hash),
             )
 
-        blocks.load(on_load, None, [header, mode, admin_tab, up["group"]])
+        blocks.load(on_load, None, [header, mode, admin_tab, up["group"], parts["model"]])
     return blocks
 
 
