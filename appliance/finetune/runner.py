@@ -131,7 +131,10 @@ class JobRunner:
                     self._wipe()
                     if stop.state != "paused":
                         return self._ended(stop)
-                    self._wait_for_policy(stop)
+                    try:
+                        self._wait_for_policy(stop)
+                    except Stopped as end:  # cancelled or interrupted while waiting
+                        return self._ended(end)
         except BaseException as exc:
             self._wipe()
             self._failed(exc)
@@ -232,12 +235,13 @@ class JobRunner:
         trainer = self._trainer
         assert trainer is not None
         every = int(self.s["checkpoint_every"])
-        next_check = self.clock() + float(self.s["policy_check_s"])
+        period = float(self.s["policy_check_s"])  # on the monotonic clock: a wall-clock jump
+        next_check = time.monotonic() + period  # must not stall the checks
         while not trainer.done:
             self._check_stop(trainer)
-            if self.clock() >= next_check:
+            if time.monotonic() >= next_check:
                 self._check_policy()
-                next_check = self.clock() + float(self.s["policy_check_s"])
+                next_check = time.monotonic() + period
             result = trainer.train_step()
             self._rates.append(result)
             self.db.record_loss(self.job_id, result.step, result.loss, result.tokens, self.clock())

@@ -241,3 +241,32 @@ def test_cancel_stops_the_running_job_and_shreds_its_files(
     assert ("finetune.cancel", "ok", "") in _actions(app)
     with pytest.raises(ApplianceError):
         service.check_resumable(job["id"])
+
+
+def test_a_revoked_policy_pauses_the_job_and_a_cancel_ends_the_wait(
+    tmp_path: Path, tiny_model: TinyModel, embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("APPLIANCE__FINETUNE__POLICY_CHECK_S", "0.001")
+    _, app = _world(tmp_path, tiny_model)
+    service = Finetuning(app)
+    job = service.create(base=BASE, data="codes", name="rv", options=OPTIONS, actor="t", now=NOW)
+    waits: list[float] = []
+
+    def progress(p: Progress) -> None:
+        if p.step == 3:
+            (policy,) = app.models.policies()
+            app.models.revoke(policy.policy_id, actor="admin", now=NOW)
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        row = service.job(job["id"])
+        assert (row["state"], row["reason_code"]) == ("paused", "REVOKED")
+        service.cancel(job["id"], actor="admin", now=NOW)  # from another shell, say
+
+    state, _ = _run(
+        service, job["id"], embedder, clock=Clock(NOW), on_progress=progress, sleep=sleep
+    )
+    assert state == "cancelled" and len(waits) == 1
+    assert service.job(job["id"])["step"] in (3, 4)
+    assert ("finetune.pause", "refused", "REVOKED") in _actions(app)
+    assert not service.files(job["id"]).key_path.exists()
