@@ -124,3 +124,50 @@ def test_the_adapter_follows_its_base_policy(served: Any, tmp_path: Path) -> Non
     assert reply.status_code == 503
     assert "EXPIRED" in reply.text and f"base model {BASE}" in reply.text
     assert ADAPTER not in runtime.models.loaded() and BASE not in runtime.models.loaded()
+
+
+def test_the_admin_fine_tuning_page_shows_jobs_and_the_loss_curve(served: Any) -> None:
+    app = served["runtime"].app
+    app.finetune_db.add_job(
+        {
+            "id": "ft-00000000aaaa",
+            "name": "faq",
+            "base": BASE,
+            "base_package": "pkg",
+            "base_manifest_sha256": "0" * 64,
+            "dataset_id": "ds-1",
+            "dataset": "codes",
+            "data_sha256": "1" * 64,
+            "settings": {},
+            "state": "interrupted",
+            "step": 3,
+            "total_steps": 10,
+            "loss": 1.25,
+            "created_by": "admin",
+            "created_at": NOW,
+            "updated_at": NOW,
+        }
+    )
+    for step, loss in ((1, 2.5), (2, 1.75), (3, 1.25)):
+        app.finetune_db.record_loss("ft-00000000aaaa", step, loss, 100, NOW + step)
+    client = browser(served["url"])
+    assert login(client, "admin", PASSWORD).status_code == 303
+    page = Page(client)
+    for fn in page.load_fns():
+        page.call(fn, [])
+    shown = page.call(page.fn("ft-refresh"), [""])
+    assert shown.ok, shown.raw[-1500:]
+    assert "ft-00000000aaaa" in shown.raw and "3/10 (30.0%)" in shown.raw
+    plot = shown.output[1]  # type: ignore[index]
+    assert [row[1] for row in plot["data"]] == [2.5, 1.75, 1.25]
+    cancelled = page.call(page.fn("ft-cancel"), ["ft-00000000aaaa"])
+    assert "cancel requested" in cancelled.raw
+    assert app.finetune_db.job("ft-00000000aaaa")["state"] == "cancelled"  # type: ignore[index]
+    # a staff login gets nothing from the page's handlers
+    staff = browser(served["url"])
+    assert login(staff, "bob", PASSWORD).status_code == 303
+    staff_page = Page(staff)
+    for fn in staff_page.load_fns():
+        staff_page.call(fn, [])
+    refused = staff_page.call(staff_page.fn("ft-refresh"), [""])
+    assert "ft-00000000aaaa" not in refused.raw
