@@ -121,3 +121,23 @@ def test_an_adapter_for_another_model_is_refused(tiny_model: TinyModel, tmp_path
     files = {k: bytearray(v) for k, v in adapter_files(bogus, rank=4, alpha=8).items()}
     with pytest.raises(ModelLoadError):
         merge_lora(_load(tiny_model).model, files)  # type: ignore[attr-defined]
+
+
+def test_the_answer_only_loss_equals_the_models_own_loss(
+    tiny_model: TinyModel, examples: list[Example]
+) -> None:
+    loaded = _load(tiny_model)
+    trainer = LoraTrainer(loaded.model, examples, SETTINGS, pad_id=0)  # type: ignore[attr-defined]
+    batch = trainer.collate(examples[:4])
+    trainer.model.eval()  # the same (no) dropout in both passes
+    for _ in range(3):  # LoRA B starts at zero: train a little so every gradient is non-trivial
+        trainer.train_step()
+    sparse = trainer.loss(batch)
+    full = trainer.model(**batch).loss
+    assert abs(float(sparse.detach()) - float(full.detach())) <= 1e-5
+    sparse.backward()
+    grads = [p.grad.clone() for p in trainer.params]
+    trainer.optimizer.zero_grad()
+    full.backward()
+    for mine, theirs in zip(grads, [p.grad for p in trainer.params], strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-6)
