@@ -54,9 +54,12 @@ class ModelCatalog(ModelStore):
         if not self.is_adapter(name):
             return super().status(name, now=now, host=host, check_integrity=check_integrity)
         adapter = self.adapters.manifest(name)
-        base = super().status(
-            adapter.base.model, now=now, host=host, check_integrity=check_integrity
-        )
+        try:
+            base = super().status(
+                adapter.base.model, now=now, host=host, check_integrity=check_integrity
+            )
+        except SecureError as exc:  # the base model is gone: the adapter cannot be used
+            return _locked(name, adapter, host, exc.code, exc.diagnostics())
         problems = tuple(self.adapters.integrity_problems(name)) if check_integrity else ()
         code, reason, unlockable = base.reason_code, base.reason, base.unlockable
         if self._base_changed(adapter):
@@ -125,3 +128,25 @@ class ModelCatalog(ModelStore):
         return OpenedAdapter(
             name, opened.policy, opened.grant, opened.manifest, opened.files, adapter, files
         )
+
+
+def _locked(
+    name: str, adapter: AdapterManifest, host: HostContext, code: str, reason: str
+) -> ModelStatus:
+    return ModelStatus(
+        name=name,
+        package_id=adapter.adapter_id,
+        size=adapter.total_size,
+        integrity_ok=True,
+        integrity_problems=(),
+        policy_id=None,
+        valid_from=None,
+        valid_until=None,
+        roles=(),
+        users=(),
+        binding=host.strength,
+        unlockable=False,
+        reason_code=code,
+        reason=f"base model {adapter.base.model}: {reason}",
+        base=adapter.base.model,
+    )
