@@ -259,10 +259,17 @@ def _queued_alive(row: dict[str, Any]) -> bool:
     return True
 
 
+def training_threads(cores: int) -> int:
+    """The default: every core but one, which stays with serving. On a 2-core box one training
+    thread also ran twice as fast as two while other work shared the cores (OpenMP workers
+    waiting for a preempted partner; `docs/benchmarks.md`, fine-tuning)."""
+    return max(1, cores - 1)
+
+
 def job_settings(settings: Any, options: JobOptions) -> dict[str, Any]:
     """Everything the job trains with, fixed now (a resume must not pick up new settings)."""
     f = settings.finetune
-    threads = f.threads or os.cpu_count() or 1
+    threads = f.threads or training_threads(os.cpu_count() or 1)
     return {
         "rank": options.rank,
         "alpha": f.lora_alpha or 2.0 * options.rank,
