@@ -310,7 +310,12 @@ class FinetuneSettings(_Section):
         le=19,
         description="how much lower the training process's CPU priority is than serving's",
     )
-    threads: int = Field(0, ge=0, description="CPU threads a training job uses (0 = all cores)")
+    threads: int = Field(
+        0,
+        ge=0,
+        description="CPU threads a training job uses (0 = all cores but one, which stays with "
+        "serving)",
+    )
     batch_size: int = Field(2, ge=1, le=64, description="training examples per step")
     max_seq_tokens: int = Field(
         1024,
