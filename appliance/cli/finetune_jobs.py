@@ -94,17 +94,17 @@ def finetune_resume(ctx: CliContext, job_id: str, detach: bool) -> None:
 
 def _launch(ctx: CliContext, service: Any, job_id: str, detach: bool) -> None:
     if detach:
-        pid = _spawn(ctx, job_id)
-        service.db.update_job(job_id, pid=pid)
-        _wait_started(service, job_id)
-        click.echo(f"Training in process {pid}; see `appliance finetune status {job_id}`.")
+        proc = _spawn(ctx, job_id)
+        service.db.update_job(job_id, pid=proc.pid)
+        _wait_started(service, job_id, proc)
+        click.echo(f"Training in process {proc.pid}; see `appliance finetune status {job_id}`.")
         return
     os.nice(service.app.settings.finetune.nice)
     state = _run_foreground(service, job_id)
     _final_message(service.job(job_id), state)
 
 
-def _spawn(ctx: CliContext, job_id: str) -> int:
+def _spawn(ctx: CliContext, job_id: str) -> subprocess.Popen[bytes]:
     """The same CLI in a new session; the passphrase travels on its stdin, never in its env."""
     log = ctx.home / "finetune" / f"{job_id}.log"
     log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -118,24 +118,23 @@ def _spawn(ctx: CliContext, job_id: str) -> int:
     assert proc.stdin is not None
     proc.stdin.write(ctx.passphrase().encode() + b"\n")
     proc.stdin.close()
-    return proc.pid
+    return proc
 
 
-def _wait_started(service: Any, job_id: str) -> None:
+def _wait_started(service: Any, job_id: str, proc: subprocess.Popen[bytes]) -> None:
+    """Until the child holds the job (or ended, or did not take it in time)."""
     deadline = time.monotonic() + DETACH_WAIT_S
-    while time.monotonic() < deadline:
-        job = service.job(job_id)
-        if job["running"] or job["state"] not in ("queued", "interrupted", "failed"):
+    while time.monotonic() < deadline and proc.poll() is None:
+        if service.job(job_id)["running"]:
             return
-        if job["state"] == "failed":
-            break
         time.sleep(0.2)
     job = service.job(job_id)
-    if not job["running"] and job["state"] in ("failed", "interrupted"):
-        raise click.ClickException(
-            f"Job {job_id} did not start ({job['reason_code']}: {job['reason']}); see "
-            f"{service.db.root / (job_id + '.log')}."
-        )
+    if job["running"] or job["state"] in ("finished", "cancelled"):
+        return
+    why = f" ({job['reason_code']}: {job['reason']})" if job["reason_code"] else ""
+    raise click.ClickException(
+        f"Job {job_id} did not start{why}; see {service.db.root / (job_id + '.log')}."
+    )
 
 
 def _run_foreground(service: Any, job_id: str) -> str:

@@ -270,3 +270,32 @@ def test_a_revoked_policy_pauses_the_job_and_a_cancel_ends_the_wait(
     assert service.job(job["id"])["step"] in (3, 4)
     assert ("finetune.pause", "refused", "REVOKED") in _actions(app)
     assert not service.files(job["id"]).key_path.exists()
+
+
+def test_a_detached_job_that_cannot_start_is_reported(
+    tmp_path: Path, tiny_model: TinyModel
+) -> None:
+    from click.testing import CliRunner
+
+    from appliance.cli import cli
+    from tests.support.finetune_kit import PASSPHRASE
+
+    world, app = _world(tmp_path, tiny_model)
+    service = Finetuning(app)
+    job = service.create(base=BASE, data="codes", name="late", options=OPTIONS, actor="t", now=NOW)
+    service.db.update_job(job["id"], pid=2**22 + 12345, state="running")  # its process died
+    assert service.job(job["id"])["state"] == "interrupted"
+    other = JobLock(service.db.root)
+    assert other.acquire("ft-elsewhere")
+    try:
+        result = CliRunner().invoke(
+            cli,
+            ["--home", str(world.home), "finetune", "resume", job["id"], "--detach"],
+            env={"APPLIANCE_PASSPHRASE": PASSPHRASE},
+        )
+    finally:
+        other.release()
+    assert result.exit_code == 1
+    assert f"Job {job['id']} did not start" in result.output
+    log = (service.db.root / f"{job['id']}.log").read_text()
+    assert "JOB_RUNNING" in log or "one job at a time" in log
