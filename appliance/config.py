@@ -406,6 +406,60 @@ class MonitoringSettings(_Section):
     )
 
 
+class FinetuneSettings(_Section):
+    max_data_mb: int = Field(
+        200, ge=1, description="largest training file `finetune data add` takes"
+    )
+    nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="how much lower the training process's CPU priority is than serving's",
+    )
+    threads: int = Field(
+        0,
+        ge=0,
+        description="CPU threads a training job uses (0 = all cores but one, which stays with "
+        "serving)",
+    )
+    batch_size: int = Field(2, ge=1, le=64, description="training examples per step")
+    max_seq_tokens: int = Field(
+        1024,
+        ge=128,
+        le=32768,
+        description="longest training example in tokens: a QA prompt keeps as many passages as "
+        "fit, as the answer engine does with the model's context",
+    )
+    passages: int = Field(
+        3,
+        ge=1,
+        le=50,
+        description="passages retrieved into each QA training prompt (serving offers "
+        "answer.passages)",
+    )
+    drop_gold: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="share of answerable QA examples whose gold passage is taken out of the "
+        "retrieved ones, so the model learns to answer 'not in the documents' (RAFT)",
+    )
+    lora_alpha: float = Field(0.0, ge=0, description="LoRA scaling alpha (0 = twice the rank)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA inputs")
+    warmup_share: float = Field(
+        0.03, ge=0, lt=1, description="share of the steps the learning rate warms up over"
+    )
+    checkpoint_every: int = Field(
+        50, ge=1, description="steps between encrypted checkpoints (--checkpoint-every)"
+    )
+    policy_check_s: float = Field(
+        10.0,
+        gt=0,
+        description="how often a running job checks its base model's policy (and how often a "
+        "paused job looks for a valid one)",
+    )
+
+
 class Settings(BaseSettings):
     """All settings of one appliance home."""
 
@@ -462,6 +516,10 @@ class Settings(BaseSettings):
     monitoring: MonitoringSettings = Field(
         default_factory=MonitoringSettings,  # type: ignore[arg-type]
         description="status, metrics and reports",
+    )
+    finetune: FinetuneSettings = Field(
+        default_factory=FinetuneSettings,  # type: ignore[arg-type]
+        description="fine-tuning jobs (LoRA) on the appliance",
     )
 
     @property

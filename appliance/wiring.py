@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from secure.home import HomeLayout, UnlockedHome, create_home, unlock_home
 from secure.keys import KdfParams
-from secure.models import ModelStore
 
+from .adapters import ModelCatalog
 from .config import SETTINGS_FILE, Settings, default_settings_text
 from .conversations import ConversationStore
 from .users import ScryptParams, UserStore
@@ -21,9 +21,12 @@ from .users import ScryptParams, UserStore
 if TYPE_CHECKING:
     from ingest.schema import DenseIndex
 
+    from .finetune.datasets import TrainingData
+    from .finetune.store import FinetuneDb
     from .rag.fuse import FusionPolicy
 
 DB_FILE = "appliance.db"
+FINETUNE_DIR = "finetune"
 
 
 def kdf_params(settings: Settings) -> KdfParams:
@@ -71,8 +74,9 @@ class Appliance:
     extras: dict[str, object] = field(default_factory=dict)
 
     @cached_property
-    def models(self) -> ModelStore:
-        return ModelStore(
+    def models(self) -> ModelCatalog:
+        """Installed models and the adapters fine-tuned from them."""
+        return ModelCatalog(
             self.secure,
             skew_s=self.settings.security.clock_skew_s,
             host_k_min=self.settings.security.host_factors_required,
@@ -93,6 +97,22 @@ class Appliance:
     def conversations(self) -> ConversationStore:
         """Everyone's encrypted history (migrated to per-account keys on first open)."""
         return ConversationStore.open(self.settings.home, self.secure, users=self.users)
+
+    @cached_property
+    def finetune_db(self) -> FinetuneDb:
+        """Data sets, jobs and loss curves of fine-tuning (metadata only)."""
+        from .finetune.store import FinetuneDb
+
+        return FinetuneDb(self.settings.home / FINETUNE_DIR)
+
+    @cached_property
+    def training_data(self) -> TrainingData:
+        """Imported training files, encrypted (one key each)."""
+        from .finetune.datasets import TrainingData
+
+        return TrainingData(
+            self.secure, self.finetune_db, max_bytes=self.settings.finetune.max_data_mb * 2**20
+        )
 
 
 def init_appliance(settings: Settings, passphrase: str, *, now: int, actor: str) -> Appliance:

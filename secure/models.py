@@ -34,6 +34,7 @@ from .policy import (
     Policy,
     TrustContext,
     authorize,
+    check_finetune,
     check_policy,
     open_model_key,
 )
@@ -59,6 +60,8 @@ class ModelStatus:
     reason_code: str
     reason: str
     source: PackageSource | None = None  # provenance from the manifest (None: older package)
+    finetune: bool = False  # the effective policy allows fine-tuning this model here
+    base: str | None = None  # for an adapter: the base model whose policy governs it
 
 
 @dataclass
@@ -93,6 +96,13 @@ class ModelStore:
         try:
             manifest = read_manifest(pkg_dir)
             validate_model_name(manifest.model)
+            if (self.home.layout.root / "adapters" / manifest.model).exists():
+                raise SecureError(
+                    f"An adapter named {manifest.model} is installed; models and adapters "
+                    "share one namespace.",
+                    code="EXISTS",
+                    hint="Remove the adapter first, or package the model under another name.",
+                )
             problems = list(iter_integrity_problems(pkg_dir, manifest))
             if problems:
                 raise TamperedError("model package", detail="; ".join(problems[:5]))
@@ -317,6 +327,7 @@ class ModelStore:
             reason_code=code,
             reason=reason,
             source=manifest.source,
+            finetune=bool(grant and grant.finetune and unlockable),
         )
 
     def open_model(
@@ -328,19 +339,25 @@ class ModelStore:
         now: int,
         host: HostContext,
         threads: int = 0,
+        purpose: str = "serve",
     ) -> OpenedModel:
         """Unlock ``name`` for ``user``/``role``: every check, then decrypt into memory.
 
         ``user=None`` is the serving process itself loading a model it will later hand out per
         request: every policy check runs except :func:`authorize`, which the server then runs for
-        each caller (see ``ModelStore.authorize``).
+        each caller (see ``ModelStore.authorize``). ``purpose="finetune"`` (a training job,
+        ``user=None``) also needs the policy's signed fine-tuning permission.
         """
-        actor = f"user:{user}" if user is not None else "service:serve"
+        if purpose not in ("serve", "finetune"):
+            raise ValueError(f"purpose must be 'serve' or 'finetune', not {purpose!r}")
+        actor = f"user:{user}" if user is not None else f"service:{purpose}"
         try:
             manifest = self.manifest(name)
             result, key = self._effective(name, manifest, now, host)
             grant = result.policy.grant(name)
             assert grant is not None
+            if purpose == "finetune":
+                check_finetune(result.policy, name)
             if user is not None:
                 authorize(grant, user=user, role=role or "")
             files = decrypt_package(self.home.layout.models / name, manifest, key, threads=threads)
@@ -348,6 +365,8 @@ class ModelStore:
             self._audit_refusal("model.unlock", actor, now, name, exc)
             raise
         details: dict[str, str | int | bool] = {"policy": result.policy.policy_id}
+        if purpose != "serve":
+            details["purpose"] = purpose
         if role is not None:
             details["role"] = role
         if result.host_changed:

@@ -53,6 +53,7 @@ REASONS = (
     "ROLE_DENIED",
     "USER_DENIED",
     "NO_POLICY",
+    "FINETUNE_NOT_ALLOWED",
 )
 
 
@@ -76,9 +77,10 @@ class ModelGrant:
     sealed_key: bytes
     roles: tuple[str, ...]
     users: tuple[str, ...]  # empty: every user holding one of `roles`
+    finetune: bool = False  # the model may be fine-tuned on this appliance (signed; default off)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "package_id": self.package_id,
             "manifest_sha256": self.manifest_sha256,
@@ -86,19 +88,18 @@ class ModelGrant:
             "roles": list(self.roles),
             "users": list(self.users),
         }
+        if self.finetune:  # absent when off: such a grant is byte-identical to older releases'
+            out["finetune"] = True
+        return out
 
     @classmethod
     def from_dict(cls, obj: Any) -> ModelGrant:
         what = "policy model entry"
-        if not isinstance(obj, dict) or set(obj) != {
-            "name",
-            "package_id",
-            "manifest_sha256",
-            "sealed_key",
-            "roles",
-            "users",
-        }:
+        if not isinstance(obj, dict) or set(obj) - {"finetune"} != _GRANT_FIELDS:
             raise FormatError("A policy model entry has missing or unexpected fields.")
+        finetune = obj.get("finetune", False)
+        if not isinstance(finetune, bool):
+            raise FormatError("A policy model entry's finetune flag must be true or false.")
         return cls(
             name=get(obj, "name", str, what=what),
             package_id=get(obj, "package_id", str, what=what),
@@ -106,7 +107,13 @@ class ModelGrant:
             sealed_key=b64d(get(obj, "sealed_key", str, what=what), what="sealed model key"),
             roles=_names(obj["roles"], "roles"),
             users=_names(obj["users"], "users"),
+            finetune=finetune,
         )
+
+
+#: The fields of a grant in every release; ``finetune`` (optional, older policies lack it and
+#: mean "no") was added with fine-tuning.
+_GRANT_FIELDS = {"name", "package_id", "manifest_sha256", "sealed_key", "roles", "users"}
 
 
 def _names(value: Any, what: str) -> tuple[str, ...]:
@@ -227,11 +234,13 @@ def issue_policy(
     max_offline_s: int | None = None,
     min_app_version: str = "0",
     host_k: int | None = None,
+    allow_finetune: bool = False,
 ) -> bytes:
     """Sign a policy for one appliance.
 
     ``grants`` holds, per model: (name, package_id, manifest_sha256, data_key, roles, users).
-    Each data key is sealed to ``identity``; it never appears in the clear.
+    Each data key is sealed to ``identity``; it never appears in the clear. ``allow_finetune``
+    lets every model of the policy be fine-tuned on that appliance (signed with the rest).
     """
     if not_after <= not_before:
         raise ValueError("not_after must be later than not_before")
@@ -247,7 +256,13 @@ def issue_policy(
         )
         models.append(
             ModelGrant(
-                name, package_id, manifest_sha256, sealed, tuple(roles), tuple(users)
+                name,
+                package_id,
+                manifest_sha256,
+                sealed,
+                tuple(roles),
+                tuple(users),
+                finetune=allow_finetune,
             ).to_dict()
         )
     payload = canonical_json(
@@ -451,6 +466,18 @@ def open_model_key(
             "opened by this appliance's identity key.",
             "The policy was made for another appliance identity; ask for a new one.",
         ) from exc
+
+
+def check_finetune(policy: Policy, model: str) -> None:
+    """Whether ``policy`` lets ``model`` be fine-tuned here (FINETUNE_NOT_ALLOWED otherwise)."""
+    grant = policy.grant(model)
+    if grant is None or not grant.finetune:
+        raise _refuse(
+            "FINETUNE_NOT_ALLOWED",
+            f"Policy {policy.policy_id} does not allow fine-tuning model {model}.",
+            "Ask the issuer for a policy issued with --allow-finetune, then run "
+            "`appliance policy install FILE`.",
+        )
 
 
 def authorize(grant: ModelGrant, *, user: str, role: str) -> None:

@@ -20,7 +20,7 @@ from .format import language_links
 from .gate import RefusalLog, SessionGate
 from .guard import OriginGuard, PageGuard
 from .i18n import TABLES, t
-from .pages import admin, admin_users, chat, history, upload
+from .pages import admin, admin_finetune, admin_users, chat, history, upload
 from .routes import LoginRedirect, add_routes
 
 CITE_JS = """<script>
@@ -86,6 +86,8 @@ def build_blocks(ctx: UiContext, labels: gr.I18n) -> gr.Blocks:
                     admin.build_audit(ctx, L)
                 with gr.Tab(L("admin.status")):
                     admin.build_status(ctx, L)
+                with gr.Tab(L("admin.finetune")):
+                    ft_timer = admin_finetune.build(ctx, L)
 
         @ctx.guarded
         def on_load(request: gr.Request) -> tuple[Any, ...]:
@@ -95,9 +97,12 @@ def build_blocks(ctx: UiContext, labels: gr.I18n) -> gr.Blocks:
                 chat.mode_text(ctx, user, lang),
                 gr.update(visible=user.is_admin),
                 upload.group_choices(ctx, user),
+                chat.model_update(ctx, user, lang, request.session_hash),
+                gr.Timer(active=user.is_admin),  # the fine-tuning page polls for admins only
             )
 
-        blocks.load(on_load, None, [header, mode, admin_tab, up["group"]])
+        outputs = [header, mode, admin_tab, up["group"], parts["model"], ft_timer]
+        blocks.load(on_load, None, outputs)
     return blocks
 
 

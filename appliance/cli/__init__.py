@@ -20,6 +20,7 @@ from ._context import CliContext, take_secret_env
 from .admin_cmds import audit, keys, users
 from .docs_cmds import docs, eval_group, ingest, search
 from .eval_cmds import eval_answers
+from .finetune_cmds import finetune
 from .init_cmds import identity, init, issuer
 from .model_cmds import model, policy
 from .ops_cmds import report, status
@@ -61,6 +62,7 @@ for command in (
     docs,
     search,
     eval_group,
+    finetune,
     status,
     report,
     serve,

@@ -139,6 +139,8 @@ def _status_dict(s: ModelStatus) -> dict[str, object]:
         "reason_code": s.reason_code,
         "reason": s.reason,
         "source": s.source.to_dict() if s.source else None,
+        "base": s.base,
+        "finetune_allowed": s.finetune,
     }
 
 
@@ -160,8 +162,9 @@ def model_list(ctx: CliContext, as_json: bool) -> None:
     for r in rows:
         state = "unlockable now" if r["unlockable_now"] else f"LOCKED ({r['reason_code']})"
         source = r["source"]["format"] if r["source"] else "-"  # type: ignore[index]
+        kind = f" (adapter of {r['base']})" if r["base"] else ""
         click.echo(
-            f"{r['name']}: integrity {r['integrity']}, source {source}, "
+            f"{r['name']}{kind}: integrity {r['integrity']}, source {source}, "
             f"policy {r['policy'] or '-'}, "
             f"valid until {r['valid_until'] or '-'}, binding {r['host_binding']}, "
             f"roles {','.join(r['roles']) or '-'}: {state}"  # type: ignore[arg-type]
@@ -260,6 +263,11 @@ def policy() -> None:
     default=None,
     help="Host factors that must match (default: all but one of three or more).",
 )
+@click.option(
+    "--allow-finetune",
+    is_flag=True,
+    help="Let the appliance fine-tune these models (signed into the policy; default off).",
+)
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True)
 @pass_ctx
 def policy_issue(
@@ -275,6 +283,7 @@ def policy_issue(
     max_offline: str | None,
     serial: int | None,
     host_k: int | None,
+    allow_finetune: bool,
     out: Path,
 ) -> None:
     """Sign a policy for one appliance, sealing each model key to its identity."""
@@ -299,13 +308,15 @@ def policy_issue(
         not_after=parse_time(not_after),
         max_offline_s=parse_duration(max_offline) if max_offline else None,
         host_k=host_k,
+        allow_finetune=allow_finetune,
     )
     out.write_bytes(data)
     issued = Policy.from_bytes(data)
     click.echo(
         f"Issued policy {issued.policy_id} (serial {issued.serial}) for "
         f"{ident.appliance_id}: {', '.join(g.name for g in issued.models)}, "
-        f"{iso(issued.not_before)} – {iso(issued.not_after)}, roles {roles}."
+        f"{iso(issued.not_before)} – {iso(issued.not_after)}, roles {roles}"
+        + ("; fine-tuning allowed." if allow_finetune else ".")
     )
 
 
@@ -352,6 +363,7 @@ def _policy_dict(p: Policy, revoked: set[str]) -> dict[str, object]:
                 "package_id": g.package_id,
                 "roles": list(g.roles),
                 "users": list(g.users),
+                "finetune": g.finetune,
             }
             for g in p.models
         ],

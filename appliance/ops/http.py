@@ -15,6 +15,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
 
 from .services import audit_status, milvus_reading
+from .status import finetune_jobs
 
 
 def mount_ops(app: FastAPI, runtime_like: Any) -> None:
@@ -50,6 +51,10 @@ def refresh_gauges(runtime_like: Any) -> None:
     states = model_states(runtime_like)
     if states:
         runtime_like.metrics.set_models(states, now=time.time())
+    app = getattr(runtime_like, "app", None)
+    if app is not None and hasattr(runtime_like.metrics, "set_finetune"):
+        jobs = finetune_jobs(app, limit=1)
+        runtime_like.metrics.set_finetune(jobs[0] if jobs else None)
 
 
 def readiness(runtime_like: Any) -> tuple[bool, dict[str, Any]]:

@@ -28,6 +28,14 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 GENERATION_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 INGEST_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
+FINETUNE_GAUGES = {
+    "step": "Steps the newest fine-tuning job has trained",
+    "total_steps": "Steps the newest fine-tuning job will train",
+    "loss": "Training loss at the newest fine-tuning job's last step",
+    "tokens_per_second": "Training tokens per second of the newest fine-tuning job",
+    "eta_seconds": "Estimated seconds until the running fine-tuning job finishes",
+    "running": "1 while a process trains the newest fine-tuning job",
+}
 _CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,47}")
 
 
@@ -113,6 +121,10 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.finetune = {
+            key: Gauge(f"appliance_finetune_{key}", text, ["job", "state"], registry=r)
+            for key, text in FINETUNE_GAUGES.items()
+        }
         info = Gauge("appliance_build_info", "Version of the appliance", ["version"], registry=r)
         info.labels(__version__).set(1)
 
@@ -171,6 +183,26 @@ class Metrics:
             if until is not None:
                 self.policy_seconds_left.labels(s.name).set(until - now)
         self.models_loaded.set(loaded)
+
+    def set_finetune(self, job: dict[str, Any] | None) -> None:
+        """Gauges of the newest fine-tuning job (labels: its id and state; older jobs' series
+        are dropped, so the label set stays bounded)."""
+        for gauge in self.finetune.values():
+            gauge.clear()
+        if job is None:
+            return
+        labels = (str(job["id"]), str(job["state"]))
+        values = {
+            "step": job.get("step"),
+            "total_steps": job.get("total_steps"),
+            "loss": job.get("loss"),
+            "tokens_per_second": job.get("tokens_per_s"),
+            "eta_seconds": job.get("eta_s") if job.get("state") == "running" else None,
+            "running": 1 if job.get("running") else 0,
+        }
+        for key, value in values.items():
+            if value is not None:
+                self.finetune[key].labels(*labels).set(float(value))
 
     def render(self) -> tuple[bytes, str]:
         """(Prometheus text exposition, its content type)."""

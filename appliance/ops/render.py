@@ -157,6 +157,8 @@ def _tasks(t: dict[str, Any]) -> list[str]:
             f"retrieval {_ms(q['retrieval_ms'])} gen {_ms(q['generation_ms'])} "
             f"{q['tokens']} tok {_rate(q['tokens_per_s'])}"
         )
+    for j in t.get("finetune", []):
+        out.append(_finetune_line(j))
     out.append(f"ingestion  {len(t['ingests'])} recent files")
     for i in t["ingests"]:
         stages = " ".join(
@@ -170,6 +172,17 @@ def _tasks(t: dict[str, Any]) -> list[str]:
             f"{i['pages']} pages {i['chunks']} chunks {stages}".rstrip()
         )
     return out
+
+
+def _finetune_line(j: dict[str, Any]) -> str:
+    loss = "-" if j["loss"] is None else f"{j['loss']:.4f}"
+    eta = f", ETA {duration(j['eta_s'])}" if j["state"] == "running" and j["eta_s"] else ""
+    why = f" [{j['reason_code']}]" if j["reason_code"] else ""
+    return (
+        f"finetune   {j['id']} {j['state']}{why}: {j['base']} + {j['dataset']} -> {j['name']}, "
+        f"step {j['step']}/{j['total_steps']}, loss {loss}, {_rate(j['tokens_per_s']) or '-'}"
+        f"{eta}, checkpoint step {j['checkpoint_step'] or '-'}"
+    )
 
 
 def _ms(v: float | None) -> str:

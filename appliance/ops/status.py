@@ -14,6 +14,7 @@ from typing import Any
 import psutil
 
 from .. import __version__
+from ..errors import ApplianceError
 from .components import component_level
 from .runtime_state import DEFAULT_MAX_AGE_S, ROLES, Heartbeat, read
 from .services import (
@@ -66,7 +67,7 @@ def collect_status(
         "component": component_level(settings, beats, cpu_interval_s=cpu_interval_s),
         "service": service,
         "node": node_level(settings, now=now, serve=beats["serve"], task_store=task_store),
-        "task": task_level(task_store),
+        "task": task_level(task_store, finetune=finetune_jobs(app)),
     }
     levels["overall"] = verdict(levels)
     return levels
@@ -121,13 +122,38 @@ def settings_summary(settings: Any) -> dict[str, Any]:
     }
 
 
-def task_level(task_store: TaskStore) -> dict[str, Any]:
+def task_level(
+    task_store: TaskStore, *, finetune: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     questions = task_store.recent("questions", 200)
     return {
         "questions": questions[:RECENT_ROWS],
         "ingests": task_store.recent("ingests", RECENT_ROWS),
         "summary": question_summary(questions),
+        "finetune": finetune or [],
     }
+
+
+FINETUNE_FIELDS = (
+    *("id", "name", "base", "dataset", "state", "reason_code", "step", "total_steps"),
+    *("percent", "loss", "tokens_per_s", "eta_s", "checkpoint_step", "checkpoint_at"),
+    *("running", "updated_at"),
+)
+
+
+def finetune_jobs(app: Any, limit: int = 5) -> list[dict[str, Any]]:
+    """The newest fine-tuning jobs with their progress (no data set content, no settings)."""
+    from ..finetune.jobs import Finetuning
+    from ..finetune.store import DB_FILE
+    from ..wiring import FINETUNE_DIR
+
+    if not (app.settings.home / FINETUNE_DIR / DB_FILE).exists():
+        return []  # never fine-tuned here (and status reads, it never creates)
+    try:
+        jobs = Finetuning(app).jobs(limit)
+    except (ApplianceError, OSError):
+        return []
+    return [{k: job.get(k) for k in FINETUNE_FIELDS} for job in jobs]
 
 
 def question_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:

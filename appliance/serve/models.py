@@ -26,7 +26,8 @@ from secure.models import ModelStore
 from secure.policy import ModelGrant, authorize
 
 from ..errors import ApplianceError, Forbidden, ModelLoadError, ModelUnavailable
-from ..llm.loader import LoadedModel, LoadOptions, load_causal_lm
+from ..llm.adapter import load_served
+from ..llm.loader import LoadedModel, LoadOptions
 
 Clock = Callable[[], float]
 UNLOAD_WAIT_S = 30.0
@@ -148,8 +149,9 @@ class ModelManager:
             # Decrypted files are bytearrays or anonymous memory maps; both expose the writable
             # buffer protocol the loader needs (views, in-place zeroing).
             files = cast(dict[str, bytearray], opened.files)
+            adapter = cast(dict[str, bytearray], getattr(opened, "adapter_files", {}))
             loaded = run_in_thread(
-                lambda: load_causal_lm(name, files, options=self.options),
+                lambda: load_served(name, files, adapter, options=self.options),
                 threads=self.load_threads,
                 name=f"load-{name}",
             )
@@ -158,6 +160,7 @@ class ModelManager:
             return self._set_locked(name, "LOAD_FAILED", exc.diagnostics(), now, host.strength)
         finally:
             opened.files.clear()  # the loader owns (and on failure has zeroed) the buffers
+            getattr(opened, "adapter_files", {}).clear()
         policy, grant = opened.policy, opened.grant
         state = ModelState(
             name=name,
@@ -352,7 +355,7 @@ class ModelManager:
     def _policy_fingerprint(self) -> tuple[Any, ...]:
         layout = self.home.layout
         parts: list[Any] = []
-        for path in (layout.policies, layout.state, layout.models):
+        for path in (layout.policies, layout.state, layout.models, layout.root / "adapters"):
             try:
                 st = os.stat(path)
                 parts.append((st.st_mtime_ns, st.st_size))

@@ -60,6 +60,7 @@ class World:
         identity: PublicIdentity | None = None,
         issuer: IssuerKey | None = None,
         host_k: int | None = None,
+        allow_finetune: bool = False,
     ) -> bytes:
         manifest, key = unseal_package_key(self.pkg, self.issuer)
         return issue_policy(
@@ -72,6 +73,7 @@ class World:
             not_after=not_after,
             max_offline_s=max_offline_s,
             host_k=host_k,
+            allow_finetune=allow_finetune,
         )
 
 

@@ -248,3 +248,45 @@ def test_fuzz_policy_parser_mutations(
         raw[pos] = data.draw(st.integers(0, 255))
     with contextlib.suppress(SecureError, FormatError):
         Policy.from_bytes(bytes(raw))
+
+
+# ----- the signed fine-tuning permission ----------------------------------------------------
+
+
+def test_finetune_needs_the_signed_permission_and_the_refusal_is_audited(world: World) -> None:
+    world.store.install_policy(world.policy(), actor="admin", now=NOW, host=HOST)
+    assert world.store.status("m1", now=NOW, host=HOST).finetune is False
+    with pytest.raises(PolicyRefused) as info:
+        world.store.open_model("m1", user=None, role=None, now=NOW, host=HOST, purpose="finetune")
+    assert info.value.code == "FINETUNE_NOT_ALLOWED"
+    assert last_audit(world) == ("model.unlock", "refused", "FINETUNE_NOT_ALLOWED")
+    # serving the same model is unaffected
+    world.store.open_model("m1", user="bob", role="staff", now=NOW, host=HOST).wipe()
+
+
+def test_finetune_allowed_by_the_newest_valid_policy_only(world: World) -> None:
+    world.store.install_policy(
+        world.policy(serial=1, allow_finetune=True), actor="admin", now=NOW, host=HOST
+    )
+    assert world.store.status("m1", now=NOW, host=HOST).finetune is True
+    opened = world.store.open_model(
+        "m1", user=None, role=None, now=NOW, host=HOST, purpose="finetune"
+    )
+    opened.wipe()
+    entry = next(e for e in reversed(world.home.audit.tail(2)) if not e.is_checkpoint)
+    assert (entry.actor, entry.details.get("purpose")) == ("service:finetune", "finetune")
+    # a newer policy without the permission supersedes it
+    world.store.install_policy(world.policy(serial=2), actor="admin", now=NOW, host=HOST)
+    assert world.store.status("m1", now=NOW, host=HOST).finetune is False
+    with pytest.raises(PolicyRefused):
+        world.store.open_model("m1", user=None, role=None, now=NOW, host=HOST, purpose="finetune")
+
+
+def test_finetune_flag_cannot_be_added_without_the_issuer(world: World) -> None:
+    """Editing the signed payload to switch fine-tuning on breaks the signature (P1)."""
+    data = json.loads(world.policy())
+    payload = base64.urlsafe_b64decode(data["payload"] + "==")
+    forged = payload.replace(b'"users":[]', b'"finetune":true,"users":[]')
+    assert forged != payload
+    data["payload"] = base64.urlsafe_b64encode(forged).rstrip(b"=").decode()
+    assert refused(world, json.dumps(data).encode()) == "BAD_SIGNATURE"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,6 +17,11 @@ from ..format import mode_label, render_conversation, render_sources
 from ..routes import download_url
 
 Label = Callable[[str], Any]
+AUTO = "*"  # not a valid model name: the engine's own choice
+MAX_PAGES = 10_000
+#: The model each page chose (by its ``session_hash``, which belongs to one login); kept on the
+#: server so the ask event's inputs stay as they are. Oldest pages are forgotten first.
+_CHOSEN: OrderedDict[str, str] = OrderedDict()
 _KEEP = ("n", "chunk_id", "doc_id", "document", "group", "title", "section", "page_start",
          "page_end", "snippet", "score")  # fmt: skip
 
@@ -34,6 +40,9 @@ def build(ctx: UiContext, L: Label) -> dict[str, Any]:
                 lines=2,
             )
             with gr.Row():
+                model = gr.Dropdown(
+                    label=L("chat.model"), choices=[], elem_id="model-choice", scale=2
+                )
                 ask = gr.Button(L("chat.ask"), variant="primary", elem_id="ask")
                 new = gr.Button(L("chat.new"), elem_id="new-conversation")
                 up = gr.Button(L("chat.up"), elem_id="thumbs-up", size="sm")
@@ -64,6 +73,12 @@ def build(ctx: UiContext, L: Label) -> dict[str, Any]:
         panel = sources_html(turns_now, request)
         yield render_conversation(turns_now, lang=lang), panel, "", turns_now, conv, ""
 
+    @ctx.guarded
+    def on_model(value: str, request: gr.Request) -> None:
+        user = ctx.user(request)
+        choose(request.session_hash, value, allowed=[v for _, v in model_choices(ctx, user, "en")])
+
+    model.input(on_model, [model], None)
     outputs = [conversation, sources, question, turns, conversation_id, feedback]
     ask.click(on_ask, [question, turns, conversation_id], outputs)
     question.submit(on_ask, [question, turns, conversation_id], outputs)
@@ -96,7 +111,46 @@ def build(ctx: UiContext, L: Label) -> dict[str, Any]:
         "turns": turns,
         "conversation_id": conversation_id,
         "sources_html": sources_html,
+        "model": model,
     }
+
+
+def model_choices(ctx: UiContext, user: Any, lang: str) -> list[tuple[str, str]]:
+    """Automatic, then every loaded model the user's role may use (adapters named as such)."""
+    from ..i18n import t
+
+    catalog = ctx.runtime.app.models
+    out = [(t(lang, "chat.model_auto"), AUTO)]
+    for state in ctx.runtime.models.states():
+        if not state.loaded or user.role not in state.roles:
+            continue
+        base = catalog.base_of(state.name)
+        label = t(lang, "chat.model_adapter", model=state.name, base=base) if base else state.name
+        out.append((label, state.name))
+    return out
+
+
+def model_update(ctx: UiContext, user: Any, lang: str, session_hash: str | None) -> Any:
+    choices = model_choices(ctx, user, lang)
+    chosen = _CHOSEN.get(session_hash or "", AUTO)
+    value = chosen if chosen in {v for _, v in choices} else AUTO
+    return gr.update(choices=choices, value=value)
+
+
+def choose(session_hash: str | None, value: str | None, *, allowed: list[str]) -> None:
+    """Remember this page's model; a value the page was never offered means automatic."""
+    if not session_hash:
+        return
+    _CHOSEN[session_hash] = value if value in allowed else AUTO
+    _CHOSEN.move_to_end(session_hash)
+    while len(_CHOSEN) > MAX_PAGES:
+        _CHOSEN.popitem(last=False)
+
+
+def chosen_model(request: Any) -> str | None:
+    """The model this page asked for, or None for the engine's own choice."""
+    value = _CHOSEN.get(getattr(request, "session_hash", None) or "", AUTO)
+    return None if value == AUTO else value
 
 
 def ask_stream(
@@ -108,7 +162,11 @@ def ask_stream(
     items = [*items, {"question": text, "answer": "", "sources": []}]
     current = items[-1]
     yield items
-    for event in ctx.runtime.engine.stream(text, user=user, history=history, channel="ui"):
+    model = chosen_model(request)
+    events = ctx.runtime.engine.stream(
+        text, user=user, history=history, channel="ui", model=model, require_model=bool(model)
+    )
+    for event in events:
         if event.kind == "sources":
             current["sources"] = [s.to_dict() for s in event.sources]
         elif event.kind == "delta":
