@@ -266,11 +266,15 @@ def _load_model(model_dir: Path, device: str, threads: int | None) -> Any:
         os.environ.setdefault(key, value)
     try:
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
     except ImportError as exc:
         raise DependencyMissing(
             f"sentence-transformers cannot be imported ({exc}).",
             hint="Install the appliance's Python dependencies (`make setup`).",
         ) from None
+    # The environment variable above is read when transformers is first imported; it may have
+    # been imported already (the LLM loader), so its weight-loading bars are switched off here too.
+    transformers_logging.disable_progress_bar()
     try:
         with torch_threads(threads):
             return SentenceTransformer(

@@ -201,6 +201,7 @@ def import_transformers() -> ModuleType:
             f"The transformers library is not installed ({exc}).",
             hint="Reinstall the appliance with its locked requirements.",
         ) from None
+    transformers.utils.logging.disable_progress_bar()  # no per-tensor bars in a server's output
     return transformers
 
 

@@ -212,3 +212,21 @@ def test_languages_can_be_configured(tmp_path: Path) -> None:
     assert loaded.info.languages == {"en", "zh"}
     assert loaded.info.model_id == BUNDLED_MODEL_ID
     assert loaded.batch_size == 4
+
+
+def test_loading_prints_no_progress_bars_when_transformers_came_first() -> None:
+    """HF_HUB_DISABLE_PROGRESS_BARS is read when transformers is imported; a process that
+    imported it earlier (the LLM loader does) still gets no weight-loading bars in its output
+    (they broke `--json` output on a shared terminal)."""
+    code = (
+        "import os; os.environ.pop('HF_HUB_DISABLE_PROGRESS_BARS', None)\n"
+        "import transformers\n"
+        "from ingest.embed import Embedder\n"
+        "Embedder.load('bundled')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Loading weights" not in done.stderr + done.stdout
