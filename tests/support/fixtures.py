@@ -103,7 +103,10 @@ def iter_files(roots: Iterable[Path]) -> Iterator[Path]:
 def file_contains(path: Path, patterns: Iterable[bytes], *, block: int = 16 * 2**20) -> bool:
     """Whether ``path`` holds any pattern; streams in blocks so huge files are scanned too."""
     wanted = [p for p in patterns if p]
-    if not wanted:
+    if not wanted or path.stat().st_size == 0:
+        # An empty file holds nothing, and must not be opened: Milvus Lite's `.<file>.db.lock`
+        # is empty and POSIX-locked by the appliance's process; closing any descriptor of it in
+        # that process drops the lock, and the Lite server stops (milvus_lite/server.py).
         return False
     overlap = max(map(len, wanted)) - 1
     tail = b""
