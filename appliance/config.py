@@ -323,6 +323,12 @@ class AnswerSettings(_Section):
         description="a generated answer that cites nothing gets the source that holds most of "
         "what it says (at least 60 % of its words), never one that does not",
     )
+    unsupported: Literal["flag", "keep"] = Field(
+        "flag",
+        description="a generated answer that still cites nothing (no source holds it): 'flag' "
+        "appends a note that no source supports it and returns it as not found in the "
+        "documents; 'keep' returns it as an ordinary answer",
+    )
 
 
 class ServeSettings(_Section):

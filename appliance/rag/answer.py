@@ -24,7 +24,7 @@ from .attribute import supporting_source
 from .cite import CitationFilter
 from .extractive import extractive_answer
 from .lang import detect_language
-from .prompt import NOT_FOUND_TEXT, build_prompt, is_not_found
+from .prompt import NOT_FOUND_TEXT, UNSUPPORTED_NOTE, build_prompt, is_not_found
 from .retrieve import Passage
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ class EngineOptions:
     threads: int | None = None  # torch threads for generation (None: torch's default)
     best_source_last: bool = True  # write the best passage right before the question
     cite_support: bool = True  # an answer that cites nothing cites the source holding it
+    unsupported: str = "flag"  # "flag": an answer nothing supports is marked not found; "keep"
     stop_repeat_tokens: int = 20  # stop a generation looping over this many tokens (0: never)
 
 
@@ -282,6 +283,11 @@ class AnswerEngine:
             if n is not None:
                 text, cited = f"{text} [{n}]", [n]
                 yield AnswerEvent("delta", text=f" [{n}]")
+        if o.unsupported == "flag" and not cited and not not_found:
+            # Nothing the reader could check it against: say so, and count it as not found.
+            note = "\n\n" + UNSUPPORTED_NOTE.get(turn.language, UNSUPPORTED_NOTE["en"])
+            text, not_found = text + note, True
+            yield AnswerEvent("delta", text=note)
         return self._gen_answer(turn, lease.name, text, list(sources), cited, not_found, stats)
 
     def _gen_answer(

@@ -66,6 +66,7 @@ from .retrieve import Passage
 __all__ = [
     "MIN_PARTIAL_TOKENS",
     "NOT_FOUND_TEXT",
+    "UNSUPPORTED_NOTE",
     "Prompt",
     "build_prompt",
     "is_not_found",
@@ -75,6 +76,12 @@ __all__ = [
 NOT_FOUND_TEXT = {
     "en": "The documents do not contain the answer to this question.",
     "zh": "文档中没有这个问题的答案。",
+}
+#: Appended to a generated answer that cites nothing and that no source supports
+#: (`answer.unsupported = "flag"`): the answer then counts as not found in the documents.
+UNSUPPORTED_NOTE = {
+    "en": "No source supports this answer: the documents do not say this.",
+    "zh": "没有任何来源支持这个回答：文档中没有这样的内容。",
 }
 MIN_PARTIAL_TOKENS = 40
 HISTORY_SHARE = 4  # history may use 1/HISTORY_SHARE of the budget left after rules and question

@@ -57,6 +57,7 @@ def engine_options(settings: Settings) -> EngineOptions:
         threads=generation_threads(settings),
         best_source_last=a.best_source_last,
         cite_support=a.cite_support,
+        unsupported=a.unsupported,
         stop_repeat_tokens=llm.stop_repeat_tokens,
     )
 

@@ -288,10 +288,12 @@ def test_staff_get_a_streamed_generative_answer_from_the_bundled_model(
         not_after=NOW + 3600,
     )
     app.models.install_policy(policy, actor="test", now=NOW, host=host)
-    runtime = open_runtime(world, clock=Clock(NOW))
+    runtime = open_runtime(world, clock=Clock(NOW), answer={"unsupported": "flag"})
     try:
         bob = runtime.app.users.get("bob")
         events = list(runtime.engine.stream("What is the travel budget for 2027?", user=bob))
+        # Nothing in the documents: whatever the model makes of it, the outcome is not found.
+        offside = runtime.engine.answer("Who won the 1998 football world cup?", user=bob)
     finally:
         runtime.close()
     deltas = [e.text for e in events if e.kind == "delta"]
@@ -299,6 +301,8 @@ def test_staff_get_a_streamed_generative_answer_from_the_bundled_model(
     assert (answer.mode, answer.model) == ("generative", "smollm2")
     assert len(deltas) > 3 and "".join(deltas).strip()  # streamed token by token
     assert not is_not_found(answer.text) and answer.sources
+    assert "48,000" in answer.text and answer.cited and not answer.not_found
+    assert offside.not_found and not offside.cited and offside.mode == "generative"
     assert answer.tokens < 200  # stopped at <|im_end|>, not at llm.max_new_tokens (512)
     assert "<|im_end|>" not in answer.text and "<|im_start|>" not in answer.text
 

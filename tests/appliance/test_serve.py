@@ -91,6 +91,32 @@ def test_generative_answer_uses_only_the_users_groups(runtime: object) -> None:
     assert not any("48,000" in s.text for s in other.sources)
 
 
+def test_an_answer_no_source_supports_is_flagged_as_not_found(world: World) -> None:
+    """The tiny model's random text cites nothing and no source holds it: with the default
+    ``answer.unsupported = "flag"`` the stream ends with the note and the outcome (returned and
+    audited) is not found; ``keep`` returns the same text as an ordinary answer."""
+    from appliance.rag.prompt import UNSUPPORTED_NOTE
+
+    outcomes = {}
+    for rule in ("flag", "keep"):
+        rt = open_runtime(world, clock=Clock(NOW + 10), answer={"unsupported": rule})
+        try:
+            events = list(rt.engine.stream("What is the travel budget?", user=_user(rt, "bob")))
+            audit = [e for e in rt.app.secure.audit.tail(10) if e.action == "question.answer"]
+        finally:
+            rt.close()
+        answer = next(e.answer for e in events if e.kind == "done")
+        streamed = "".join(e.text for e in events if e.kind == "delta")
+        assert answer.mode == "generative" and not answer.cited and streamed == answer.text
+        outcomes[rule] = (answer, audit[-1].details["result"])
+    flagged, result = outcomes["flag"]
+    assert flagged.not_found and result == "not_found"
+    assert flagged.text.endswith("\n\n" + UNSUPPORTED_NOTE["en"])
+    kept, result = outcomes["keep"]
+    assert not kept.not_found and result == "answered"
+    assert flagged.text == kept.text + "\n\n" + UNSUPPORTED_NOTE["en"]  # the same generation
+
+
 def test_streaming_events_order(runtime: object) -> None:
     rt = runtime
     events = list(rt.engine.stream("How many days of annual leave?", user=_user(rt, "carol")))  # type: ignore[attr-defined]

@@ -64,6 +64,7 @@ def fast_settings(home: Path, **overrides: Any) -> Any:
         "security": {"kdf_cost_log2": 10},
         "users": {"password_cost_log2": 10},
         "ingest": {"settle_s": 0, "ocr": False},
+        "answer": {"unsupported": "keep"},  # random-weights models: see tests/support/serving.py
     }
     for section, values in overrides.items():
         base[section] = {**base.get(section, {}), **values}
