@@ -216,5 +216,7 @@ def _extra_names(env: dict[str, str]) -> set[str]:
     switches, and what a shell wrapper (LibreOffice's `soffice` script) exports itself."""
     from ingest.nlp_offline import OFFLINE_ENVIRONMENT
 
-    own = {k for k in env if k.startswith(("LC_", "SAL_", "URE_", "UNO_"))}
+    # LibreOffice sets LIBO_VERSION for what it runs itself (seen in `sh -c paperconf` when a
+    # fresh profile is made, e.g. on a clean CI clone).
+    own = {k for k in env if k.startswith(("LC_", "SAL_", "URE_", "UNO_", "LIBO_"))}
     return own | set(OFFLINE_ENVIRONMENT) | {"HOME", "PWD", "SHLVL", "_", "OLDPWD"}
