@@ -12,9 +12,9 @@ Everything a served answer goes through, built in a temporary folder and deleted
 * for generative answers, the model packaged *encrypted* (`secure.package.package_model` for a
   Hugging Face directory; a GGUF file, such as the bundled model's, is dequantised in memory
   first by :func:`~appliance.llm.gguf_import.import_gguf`, as `appliance model package` does,
-  so the plaintext weights never touch the disk), a scratch issuer's policy that grants role ``staff``, installed and unlocked by the same
-  :class:`~appliance.serve.models.ModelManager` that `appliance serve` uses (decrypted into
-  memory, never to disk);
+  so the plaintext weights never touch the disk), a scratch issuer's policy that grants role
+  ``staff``, installed and unlocked by the same :class:`~appliance.serve.models.ModelManager`
+  that `appliance serve` uses (decrypted into memory, never to disk);
 * the :class:`~appliance.rag.answer.AnswerEngine` with the options `serve` derives from the
   settings (:func:`~appliance.serve.runtime.engine_options`).
 
