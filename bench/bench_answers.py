@@ -14,6 +14,15 @@ filled to that size): ``--rounds`` generations of 16 tokens, median reported.
 
     python bench/bench_answers.py [--limit 200] [--seed 0] [--model bundled|DIR]
 
+**Retrieval-score abstention, measured on the same answers.** For every asked question the
+embedder's raw cosine of its best hit (``dense_top``; `bench/bench_abstention.py` found it the
+only retrieval signal that separates unanswerable questions at all) is recorded, and each mode is
+summarised again as if the engine had answered "not in the documents" without generating
+whenever ``dense_top`` is below ``--gate`` (default: the threshold chosen on the tune split in
+``bench/results/abstention.json``). That is exactly what such a gate does to the quality metrics:
+a gated question gets the structured not-found outcome whatever the model would have said.
+Per-question rows (scores, abstention, ``dense_top``) are kept under ``questions``.
+
 Writes ``bench/results/answers.json``. The machine's load average is recorded at start and end:
 these are CPU numbers on whatever else the machine is doing.
 """
@@ -33,12 +42,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from appliance.rag.answer_eval import run_mode, summarise_mode  # noqa: E402
-from appliance.rag.eval_home import MODEL_NAME, ROLE, USER, eval_world  # noqa: E402
+from appliance.rag.answer_eval import AnswerRecord, run_mode, summarise_mode  # noqa: E402
+from appliance.rag.answer_metrics import score_answer  # noqa: E402
+from appliance.rag.eval_home import GROUP, MODEL_NAME, ROLE, USER, eval_world  # noqa: E402
 from appliance.rag.qa_set import load_qa_set, sample_questions  # noqa: E402
 
 SQUAD = REPO.parent / "shared" / "data" / "squad2-train-subset" / "beir"
 OUT = REPO / "bench" / "results" / "answers.json"
+ABSTENTION = REPO / "bench" / "results" / "abstention.json"
 FIRST_TOKEN_NEW = 16
 
 
@@ -84,6 +95,66 @@ def first_token(world: Any, passages: Any, *, prompt_tokens: int, rounds: int) -
     }
 
 
+def dense_tops(world: Any, questions: Any) -> dict[str, float]:
+    """Each question's best raw cosine from the embedder (0.0 when nothing came back)."""
+    retriever = world.knowledge.retriever
+    out = {}
+    for q in questions:
+        dense, _ = retriever.candidate_lists(q.text, groups=[GROUP], dense_depth=1, sparse_depth=1)
+        out[q.id] = round(float(dense[0].score), 6) if dense else 0.0
+    return out
+
+
+def gated(records: list[AnswerRecord], tops: dict[str, float], gate: float) -> list[AnswerRecord]:
+    """The records as a gate "not found below ``gate``" would have made them (quality only)."""
+    out = []
+    for r in records:
+        if tops[r.question.id] >= gate:
+            out.append(r)
+            continue
+        q = r.question
+        score = score_answer(
+            text="",
+            not_found=True,
+            cited_sources=(),
+            golds=q.answers,
+            gold_docs=q.gold_docs,
+            impossible=q.impossible,
+            language="en",
+        )
+        out.append(AnswerRecord(q, score, r.seconds))
+    return out
+
+
+def _gate_quality(
+    records: list[AnswerRecord], mode: Any, tops: dict[str, float], gate: float
+) -> dict[str, Any]:
+    summary = summarise_mode(gated(records, tops, gate), mode)
+    keys = ("em", "f1", "citation_precision", "right_citation_rate")
+    keys += ("abstention_accuracy", "false_abstention")
+    return {k: summary[k] for k in keys}
+
+
+def _rows(by_mode: dict[str, list[AnswerRecord]], tops: dict[str, float]) -> list[dict[str, Any]]:
+    rows = []
+    for i, q in enumerate(next(iter(by_mode.values()))):
+        row: dict[str, Any] = {"id": q.question.id, "impossible": q.question.impossible}
+        row["dense_top"] = tops[q.question.id]
+        for mode, records in by_mode.items():
+            s = records[i].score
+            row[mode] = {"f1": s.f1, "abstained": s.abstained, "right": s.cited_right}
+        rows.append(row)
+    return rows
+
+
+def _default_gate() -> float | None:
+    try:
+        chosen = json.loads(ABSTENTION.read_text(encoding="utf-8"))["chosen_on_tune"]
+    except (OSError, KeyError, json.JSONDecodeError):
+        return None
+    return float(chosen["threshold"]) if chosen.get("signal") == "dense_top" else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--beir", type=Path, default=SQUAD)
@@ -93,7 +164,9 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--gate", type=float, default=None, help="dense_top gate to assess")
     args = parser.parse_args()
+    gate = args.gate if args.gate is not None else _default_gate()
     from appliance.cli.eval_cmds import _model_source
 
     source = _model_source(args.model)
@@ -118,10 +191,18 @@ def main() -> None:
     with eval_world(data.passages, base=None, model_source=source, progress=_progress) as world:
         report["timings_s"] = {k: round(v, 1) for k, v in world.timings.items()}
         report["engine"] = _engine_options(world)
+        by_mode: dict[str, list[AnswerRecord]] = {}
         for mode in ("generative", "extractive"):
             records = run_mode(world, questions, mode, progress=_progress)
+            by_mode[mode] = records
             report[mode] = summarise_mode(records, mode)
             print(mode, json.dumps(report[mode]), file=sys.stderr, flush=True)
+        tops = dense_tops(world, questions)
+        if gate is not None:
+            report["dense_gate"] = {"threshold": gate} | {
+                mode: _gate_quality(records, mode, tops, gate) for mode, records in by_mode.items()
+            }
+        report["questions"] = _rows(by_mode, tops)
         report["first_token"] = first_token(
             world, held_out_passages, prompt_tokens=args.prompt_tokens, rounds=args.rounds
         )

@@ -9,10 +9,12 @@ Everything a served answer goes through, built in a temporary folder and deleted
 * the set's passages ingested through the real write path (`Pipeline.index_parsed`: chunk →
   embed → keyed BM25 → encrypt → Milvus Lite → registry), each passage one document named by
   its id;
-* for generative answers, the model packaged *encrypted* (`secure.package.package_model`), a
-  scratch issuer's policy that grants role ``staff``, installed and unlocked by the same
-  :class:`~appliance.serve.models.ModelManager` that `appliance serve` uses (decrypted into
-  memory, never to disk);
+* for generative answers, the model packaged *encrypted* (`secure.package.package_model` for a
+  Hugging Face directory; a GGUF file, such as the bundled model's, is dequantised in memory
+  first by :func:`~appliance.llm.gguf_import.import_gguf`, as `appliance model package` does,
+  so the plaintext weights never touch the disk), a scratch issuer's policy that grants role
+  ``staff``, installed and unlocked by the same :class:`~appliance.serve.models.ModelManager`
+  that `appliance serve` uses (decrypted into memory, never to disk);
 * the :class:`~appliance.rag.answer.AnswerEngine` with the options `serve` derives from the
   settings (:func:`~appliance.serve.runtime.engine_options`).
 
@@ -34,7 +36,7 @@ from typing import Any
 
 from ingest.elements import Element, ParsedDocument
 from secure.issuer import IssuerKey
-from secure.package import package_model, unseal_package_key
+from secure.package import package_files, package_model, unseal_package_key
 from secure.policy import issue_policy
 
 from ..config import Settings, load_settings
@@ -192,7 +194,7 @@ def _serve_model(
     now = int(clock())
     issuer = IssuerKey.generate("eval-issuer")
     package = root / "package"
-    package_model(source, package, name=MODEL_NAME, issuer=issuer.public(), now=now)
+    _package(source, package, issuer, now)
     app.models.install_package(package, actor=_ACTOR, now=now)
     manifest, key = unseal_package_key(package, issuer)
     host = app.secure.host()
@@ -222,6 +224,30 @@ def _serve_model(
         manager.close()
         raise ModelLoadError(
             f"The model from {source} could not be unlocked [{state.reason_code}]: {state.reason}",
-            hint="Check that it is a Hugging Face causal LM directory.",
+            hint="Check that it is a Hugging Face causal LM directory or a GGUF file.",
         )
     return manager
+
+
+def _package(source: Path, package: Path, issuer: IssuerKey, now: int) -> None:
+    """Encrypt ``source`` into ``package``: a model directory file by file, a GGUF file
+    dequantised in memory (zeroed afterwards; no core dump may hold it meanwhile)."""
+    if source.is_dir():
+        package_model(source, package, name=MODEL_NAME, issuer=issuer.public(), now=now)
+        return
+    from ..llm.gguf_import import DEFAULT_DTYPE, import_gguf
+    from ..llm.hardening import disable_core_dumps
+
+    disable_core_dumps()
+    imported = import_gguf(source, dtype=DEFAULT_DTYPE)
+    try:
+        package_files(
+            imported.files,
+            package,
+            name=MODEL_NAME,
+            issuer=issuer.public(),
+            now=now,
+            source=imported.package_source(),
+        )
+    finally:
+        imported.wipe()
