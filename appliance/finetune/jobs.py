@@ -286,5 +286,6 @@ def job_settings(settings: Any, options: JobOptions) -> dict[str, Any]:
         "passages": f.passages,
         "drop_gold": f.drop_gold,
         "min_score": settings.answer.min_score,
+        "best_source_last": settings.answer.best_source_last,  # the prompt as serving builds it
         "policy_check_s": f.policy_check_s,
     }
