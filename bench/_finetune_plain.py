@@ -107,9 +107,8 @@ class PlainLoop:
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                     tokens = int(batch["attention_mask"].sum())
-                    out.append(
-                        {"step": step, "loss": float(loss.detach()), "tokens": tokens, "at": time.time()}
-                    )
+                    value, at = float(loss.detach()), time.time()
+                    out.append({"step": step, "loss": value, "tokens": tokens, "at": at})
             except BaseException as exc:  # re-raised in the caller
                 error.append(exc)
 

@@ -56,7 +56,8 @@ def _beir(folder: Path) -> Path:
         for q, t, a, i, d in queries
     ]
     (folder / "queries.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    qrels = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t1" for q, _t, _a, i, d in queries if not i]
+    qrels = ["query-id\tcorpus-id\tscore"]
+    qrels += [f"{q}\t{d}\t1" for q, _t, _a, i, d in queries if not i]
     (folder / "qrels" / "test.tsv").write_text("\n".join(qrels) + "\n", encoding="utf-8")
     return folder
 
