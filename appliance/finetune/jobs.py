@@ -266,6 +266,12 @@ def training_threads(cores: int) -> int:
     return max(1, cores - 1)
 
 
+def _max_steps(asked: int | None, default: int) -> int | None:
+    """--max-steps if given (0: no cap), else finetune.max_steps (0: no cap); None = no cap."""
+    steps = default if asked is None else asked
+    return steps or None
+
+
 def job_settings(settings: Any, options: JobOptions) -> dict[str, Any]:
     """Everything the job trains with, fixed now (a resume must not pick up new settings)."""
     f = settings.finetune
@@ -276,7 +282,7 @@ def job_settings(settings: Any, options: JobOptions) -> dict[str, Any]:
         "dropout": f.lora_dropout,
         "lr": options.lr,
         "epochs": options.epochs,
-        "max_steps": options.max_steps,
+        "max_steps": _max_steps(options.max_steps, f.max_steps),
         "seed": options.seed,
         "batch_size": f.batch_size,
         "warmup_share": f.warmup_share,

@@ -110,6 +110,19 @@ def test_a_job_records_the_serving_order_of_passages() -> None:
     assert job_settings(off, JobOptions())["best_source_last"] is False
 
 
+def test_a_job_trains_at_most_the_default_steps_unless_told() -> None:
+    from appliance.config import load_settings
+    from appliance.finetune.jobs import JobOptions, job_settings
+
+    settings = load_settings(Path("/nonexistent-home"))
+    assert settings.finetune.max_steps == 120
+    assert job_settings(settings, JobOptions())["max_steps"] == 120
+    assert job_settings(settings, JobOptions(max_steps=7))["max_steps"] == 7
+    assert job_settings(settings, JobOptions(max_steps=0))["max_steps"] is None  # every epoch
+    uncapped = load_settings(Path("/nonexistent-home"), finetune={"max_steps": 0})
+    assert job_settings(uncapped, JobOptions())["max_steps"] is None
+
+
 def test_missing_gold_and_impossible_questions_get_the_not_found_answer(tok: Any) -> None:
     row = QaRow(1, "what is the budget code?", ("512",), "the budget code is 512", False)
     distractors = [_passage("d1", "the canteen opens at noon")]
