@@ -12,3 +12,5 @@ for bench in bench_decrypt bench_model_load bench_sparse bench_fusion bench_retr
 done
 echo "== bench_serve --model smollm2 (the bundled model)"
 "$venv/bin/python" bench/bench_serve.py --model smollm2 --parts 1,2,3
+echo "== bench_finetune (a default finetune start, ~40 min, then plain peft and 150 answers x 2)"
+"$venv/bin/python" bench/bench_finetune.py

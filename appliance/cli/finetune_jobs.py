@@ -33,7 +33,12 @@ def _service(ctx: CliContext) -> Any:
 @click.option("--name", required=True, help="Name of the adapter it makes (a new model id).")
 @click.option("--rank", type=click.IntRange(1, 256), default=16, show_default=True)
 @click.option("--epochs", type=click.IntRange(1, 100), default=1, show_default=True)
-@click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after N steps.")
+@click.option(
+    "--max-steps",
+    type=click.IntRange(0),
+    default=None,
+    help="Stop after N steps (default: finetune.max_steps; 0: every epoch in full).",
+)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True)
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option(

@@ -63,6 +63,7 @@ class ExampleOptions:
     drop_gold: float
     seed: int
     min_score: float = 0.0
+    best_last: bool = False  # passages written best last, as serving does (best_source_last)
 
 
 @dataclass
@@ -155,6 +156,7 @@ def qa_example(
         context_tokens=o.max_seq_tokens,
         max_new_tokens=reserve,
         max_passages=o.passages,
+        best_last=o.best_last,
     )
     target, kind = _target(row, prompt, gold_doc)
     prompt_ids = _ids(tokenizer, prompt.text)

@@ -266,6 +266,12 @@ def training_threads(cores: int) -> int:
     return max(1, cores - 1)
 
 
+def _max_steps(asked: int | None, default: int) -> int | None:
+    """--max-steps if given (0: no cap), else finetune.max_steps (0: no cap); None = no cap."""
+    steps = default if asked is None else asked
+    return steps or None
+
+
 def job_settings(settings: Any, options: JobOptions) -> dict[str, Any]:
     """Everything the job trains with, fixed now (a resume must not pick up new settings)."""
     f = settings.finetune
@@ -276,7 +282,7 @@ def job_settings(settings: Any, options: JobOptions) -> dict[str, Any]:
         "dropout": f.lora_dropout,
         "lr": options.lr,
         "epochs": options.epochs,
-        "max_steps": options.max_steps,
+        "max_steps": _max_steps(options.max_steps, f.max_steps),
         "seed": options.seed,
         "batch_size": f.batch_size,
         "warmup_share": f.warmup_share,
@@ -286,5 +292,6 @@ def job_settings(settings: Any, options: JobOptions) -> dict[str, Any]:
         "passages": f.passages,
         "drop_gold": f.drop_gold,
         "min_score": settings.answer.min_score,
+        "best_source_last": settings.answer.best_source_last,  # the prompt as serving builds it
         "policy_check_s": f.policy_check_s,
     }

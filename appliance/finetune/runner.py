@@ -187,6 +187,7 @@ class JobRunner:
                 drop_gold=float(self.s["drop_gold"]),
                 seed=int(self.s["seed"]),
                 min_score=float(self.s["min_score"]),
+                best_last=bool(self.s.get("best_source_last", False)),  # older jobs: False
             )
             built = build_examples(
                 rows,

@@ -36,12 +36,26 @@ from appliance.errors import InvalidInput
 
 from .beir import Passage, _bad, _id, _jsonl, _passage, _read_qrels, _text
 
-__all__ = ["TUNE_ARTICLES", "QaQuestion", "QaSet", "Split", "load_qa_set", "sample_questions"]
+__all__ = [
+    "TUNE_ARTICLES",
+    "QaQuestion",
+    "QaSet",
+    "Split",
+    "article_split",
+    "load_qa_set",
+    "sample_questions",
+]
 
 Split = Literal["all", "tune", "held-out"]
 TUNE_ARTICLES = frozenset(
     {"Beyoncé", "IPod", "Spectre (2015 film)", "2008 Sichuan earthquake"}
 )  # fmt: skip
+
+
+def article_split(title: str) -> str:
+    """``"tune"`` or ``"held-out"`` for an article title, in the BEIR corpus's form (spaces) or
+    SQuAD's (``2008_Sichuan_earthquake``, as ``train.jsonl`` names it)."""
+    return "tune" if title.replace("_", " ") in TUNE_ARTICLES else "held-out"
 
 
 @dataclass(frozen=True)
@@ -55,7 +69,7 @@ class QaQuestion:
 
     @property
     def split(self) -> str:
-        return "tune" if self.article in TUNE_ARTICLES else "held-out"
+        return article_split(self.article)
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,56 @@ def test_the_prompt_is_the_answer_engines_prompt(tok: Any) -> None:
     assert ex.kind == "answer" and end == len(ex.ids)
 
 
+def test_the_passages_are_ordered_as_serving_orders_them(tok: Any) -> None:
+    """answer.best_source_last writes the best passage last at serving; a job built with it
+    trains on exactly that prompt, and the citation still names the gold's number."""
+    from dataclasses import replace
+
+    row = QaRow(1, "what is the budget code?", ("512",), "the budget code is 512", False)
+    passages = [_passage("d2", row.context or ""), _passage("d1", "the canteen opens at noon")]
+    options = replace(OPTIONS, best_last=True)
+    ex = qa_example(row, passages, "d2", tokenizer=tok, eos_id=tok.eos_token_id, o=options)
+    ((start, _end),) = ex.spans
+    served = build_prompt(
+        row.question,
+        passages,
+        tokenizer=tok,
+        context_tokens=OPTIONS.max_seq_tokens,
+        max_new_tokens=64,
+        max_passages=3,
+        best_last=True,
+    )
+    text = _decode(tok, ex.ids[:start])
+    assert text == served.text
+    assert text.index('<source id="2"') < text.index('<source id="1"')  # best written last
+    assert _decode(tok, ex.ids[start:]) == "512 [1]<|im_end|>"
+    plain = qa_example(row, passages, "d2", tokenizer=tok, eos_id=tok.eos_token_id, o=OPTIONS)
+    assert plain.ids != ex.ids
+
+
+def test_a_job_records_the_serving_order_of_passages() -> None:
+    from appliance.config import load_settings
+    from appliance.finetune.jobs import JobOptions, job_settings
+
+    settings = load_settings(Path("/nonexistent-home"))
+    assert job_settings(settings, JobOptions())["best_source_last"] is True
+    off = load_settings(Path("/nonexistent-home"), answer={"best_source_last": False})
+    assert job_settings(off, JobOptions())["best_source_last"] is False
+
+
+def test_a_job_trains_at_most_the_default_steps_unless_told() -> None:
+    from appliance.config import load_settings
+    from appliance.finetune.jobs import JobOptions, job_settings
+
+    settings = load_settings(Path("/nonexistent-home"))
+    assert settings.finetune.max_steps == 120
+    assert job_settings(settings, JobOptions())["max_steps"] == 120
+    assert job_settings(settings, JobOptions(max_steps=7))["max_steps"] == 7
+    assert job_settings(settings, JobOptions(max_steps=0))["max_steps"] is None  # every epoch
+    uncapped = load_settings(Path("/nonexistent-home"), finetune={"max_steps": 0})
+    assert job_settings(uncapped, JobOptions())["max_steps"] is None
+
+
 def test_missing_gold_and_impossible_questions_get_the_not_found_answer(tok: Any) -> None:
     row = QaRow(1, "what is the budget code?", ("512",), "the budget code is 512", False)
     distractors = [_passage("d1", "the canteen opens at noon")]
