@@ -324,10 +324,11 @@ class AnswerSettings(_Section):
         "what it says (at least 60 % of its words), never one that does not",
     )
     unsupported: Literal["flag", "keep"] = Field(
-        "flag",
-        description="a generated answer that still cites nothing (no source holds it): 'flag' "
-        "appends a note that no source supports it and returns it as not found in the "
-        "documents; 'keep' returns it as an ordinary answer",
+        "keep",
+        description="a generated answer that still cites nothing (no source holds it): 'keep' "
+        "returns it as an ordinary (uncited) answer; 'flag' appends a note that no source "
+        "supports it and returns it as not found in the documents (with the bundled model it "
+        "also flagged 47 % of answerable held-out questions: docs/benchmarks.md)",
     )
 
 

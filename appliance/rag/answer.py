@@ -53,7 +53,7 @@ class EngineOptions:
     threads: int | None = None  # torch threads for generation (None: torch's default)
     best_source_last: bool = True  # write the best passage right before the question
     cite_support: bool = True  # an answer that cites nothing cites the source holding it
-    unsupported: str = "flag"  # "flag": an answer nothing supports is marked not found; "keep"
+    unsupported: str = "keep"  # "flag": an answer nothing supports is marked not found
     stop_repeat_tokens: int = 20  # stop a generation looping over this many tokens (0: never)
 
 

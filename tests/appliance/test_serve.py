@@ -92,7 +92,7 @@ def test_generative_answer_uses_only_the_users_groups(runtime: object) -> None:
 
 
 def test_an_answer_no_source_supports_is_flagged_as_not_found(world: World) -> None:
-    """The tiny model's random text cites nothing and no source holds it: with the default
+    """The tiny model's random text cites nothing and no source holds it: with
     ``answer.unsupported = "flag"`` the stream ends with the note and the outcome (returned and
     audited) is not found; ``keep`` returns the same text as an ordinary answer."""
     from appliance.rag.prompt import UNSUPPORTED_NOTE

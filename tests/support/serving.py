@@ -103,8 +103,8 @@ def build_world(
         "APPLIANCE__SECURITY__KDF_COST_LOG2": "10",
         "APPLIANCE__USERS__PASSWORD_COST_LOG2": "10",
         "APPLIANCE__INGEST__SETTLE_S": "0",
-        # The tiny model has random weights: nothing it writes is in a source, and the default
-        # would flag every answer as unsupported (tests of that rule set it back to "flag").
+        # The tiny model has random weights: nothing it writes is in a source, and "flag" would
+        # mark every answer as unsupported (the tests of that rule set it themselves).
         "APPLIANCE__ANSWER__UNSUPPORTED": "keep",
     }
     import os
