@@ -37,7 +37,7 @@ from appliance.rag.qa_set import article_split
 from appliance.users import User
 from appliance.wiring import Appliance, init_appliance, open_appliance
 from secure.issuer import IssuerKey
-from secure.package import package_files, package_model, unseal_package_key
+from secure.package import package_model, unseal_package_key
 from secure.policy import issue_policy
 
 BASE = "smollm2"  # the name the demo packages the bundled model under
@@ -116,20 +116,9 @@ def package_base(source: Path, out_dir: Path, issuer: IssuerKey, now: int) -> No
     if source.is_dir():
         package_model(source, out_dir, name=BASE, issuer=issuer.public(), now=now)
         return
-    from appliance.llm.gguf_import import DEFAULT_DTYPE, import_gguf
+    from appliance.llm.gguf_import import package_gguf
 
-    imported = import_gguf(source, dtype=DEFAULT_DTYPE)
-    try:
-        package_files(
-            imported.files,
-            out_dir,
-            name=BASE,
-            issuer=issuer.public(),
-            now=now,
-            source=imported.package_source(),
-        )
-    finally:
-        imported.wipe()
+    package_gguf(source, out_dir, name=BASE, issuer=issuer.public(), now=now)
 
 
 def tune_lines(train_file: Path) -> list[str]:

