@@ -448,11 +448,11 @@ class FinetuneSettings(_Section):
         3,
         ge=1,
         le=50,
-        description="passages retrieved into each QA training prompt (serving offers "
-        "answer.passages)",
+        description="passages retrieved into each QA training prompt; the adapter is served "
+        "with the same number (or answer.passages when that is lower)",
     )
     drop_gold: float = Field(
-        0.2,
+        0.1,
         ge=0,
         le=1,
         description="share of answerable QA examples whose gold passage is taken out of the "
