@@ -6,6 +6,8 @@ lazily, once per process.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -97,7 +99,9 @@ class Knowledge:
     def vault(self) -> DocumentVault:
         return DocumentVault(self.settings.home / "vault", self.home.keyring)
 
-    def pipeline(self, events: Any = None) -> Pipeline:
+    def pipeline(
+        self, events: Any = None, retry_sleep: Callable[[float], None] = time.sleep
+    ) -> Pipeline:
         i = self.settings.ingest
         options = IngestOptions(
             mode=i.mode,
@@ -131,6 +135,7 @@ class Knowledge:
             vault=self.vault if i.mode == "inbox" else None,
             options=options,
             events=events,
+            retry_sleep=retry_sleep,
         )
 
     def failure_detail(self, doc: Document, *, actor: str, now: int) -> str:

@@ -236,7 +236,17 @@ class Uploads:
                 try:
                     self.run_pass()
                 except Exception:  # noqa: BLE001 - reported on the uploads; keep watching
+                    if self._stop.is_set():
+                        return  # shut down in a Milvus outage: the files stay queued
                     _log.exception("ingestion pass failed")
+
+    def _retry_sleep(self, seconds: float) -> None:
+        """The pipeline's pause between Milvus retries, cut short by :meth:`close`."""
+        if self._stop.wait(seconds):
+            raise StoreUnavailable(
+                "The appliance is shutting down while Milvus is unavailable; the files stay in "
+                "the drop folder and are ingested after the restart."
+            )
 
     def _waiting(self) -> bool:
         with self._mutex:
@@ -250,7 +260,9 @@ class Uploads:
                 for upload_id in taken.values():
                     self._items[upload_id] = replace(self._items[upload_id], state="parsing")
             try:
-                pipeline = self.knowledge.pipeline(events=self.events)
+                pipeline = self.knowledge.pipeline(
+                    events=self.events, retry_sleep=self._retry_sleep
+                )
                 report = pipeline.run_once(progress=self._progress)
             except StoreUnavailable:  # the files wait in the drop folder: queued again
                 self._requeue(taken)

@@ -85,6 +85,7 @@ class Pipeline:
         options: IngestOptions,
         events: Events | None = None,
         clock: Callable[[], float] = time.time,
+        retry_sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if options.mode == "inbox" and vault is None:
             raise ValueError("inbox mode needs the document vault")
@@ -92,7 +93,9 @@ class Pipeline:
         self.embedder, self.hasher, self.cipher = embedder, hasher, cipher
         self.content_key, self.vault, self.options = content_key, vault, options
         self.events, self.clock = events, clock
-        self.milvus = Retrier(options.retry)  # rides out Milvus outages (ingest.retry)
+        # rides out Milvus outages (ingest.retry); a service passes a sleep that its shutdown
+        # interrupts (by raising StoreUnavailable), so a pass never outlives the process
+        self.milvus = Retrier(options.retry, sleep=retry_sleep)
         tokenizer = embedder.tokenizer_json
         self._chunk_spec = ChunkSpec.build(tokenizer, options.chunking) if tokenizer else None
 

@@ -247,3 +247,41 @@ def test_an_upload_during_an_outage_waits_and_is_indexed_when_milvus_is_back(
     assert served.ask("When is the coffee machine serviced?").status_code == 200
     knowledge = runtime.knowledge
     assert compare(knowledge.registry, knowledge.store).ok
+
+
+def test_shutdown_during_an_outage_does_not_wait_out_the_retries(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ingestion inside `serve` retries Milvus writes for milvus.retry_for_s (300 s by default);
+    stopping the service must cut the retry pause short instead of waiting for it (last in the
+    module: the uploads service stays closed)."""
+    from appliance import knowledge as knowledge_module
+    from ingest.retry import RetryPolicy
+
+    patient = RetryPolicy(for_s=300.0, initial_s=0.2, max_s=0.5)
+    monkeypatch.setattr(knowledge_module, "retry_policy", lambda _settings: patient)
+    runtime = served.world.runtime
+    fred = runtime.app.users.get("fred")
+    drop = served.world.settings.drop_dir
+    served.server.kill()
+    try:
+        item = runtime.uploads.save(
+            fred,
+            filename="shutdown-note.txt",
+            source=io.BytesIO(b"The archive room is locked on Sundays."),
+            group="finance",
+        )
+        deadline = time.monotonic() + 60
+        while runtime.uploads.status(fred, item.id)[0].state != "parsing":
+            assert time.monotonic() < deadline, "the pass did not start"
+            time.sleep(0.1)
+        time.sleep(3 * TIMEOUT_S)  # well inside the 300 s of retries
+        started = time.monotonic()
+        runtime.uploads.close()
+        assert time.monotonic() - started < 2 * TIMEOUT_S + 1  # one Milvus call at most
+        now = runtime.uploads.status(fred, item.id)[0]
+        assert (now.state, now.code) == ("queued", "index-unavailable")
+        assert (drop / "finance" / "shutdown-note.txt").exists()  # ingested after a restart
+        assert not (drop / "_failed").exists()
+    finally:
+        served.server.start()
