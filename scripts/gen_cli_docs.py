@@ -27,14 +27,19 @@ def walk(command: click.Command, path: list[str]) -> list[tuple[list[str], click
 
 
 def render() -> str:
+    """Each command's help as `appliance ... --help` prints it: every context has its parent's,
+    and the root applies the group's context settings (its ``-h``), as click's own invocation
+    does. (A context without them shows ``--help`` only, and click caches each command's help
+    option on first use, so the page would depend on what ran before in the process.)"""
     parts = [HEADER]
+    contexts: dict[tuple[str, ...], click.Context] = {}
     for path, command in walk(cli, ["appliance"]):
-        ctx = click.Context(
-            command, info_name=" ".join(path), terminal_width=100, max_content_width=100
-        )
+        parent = contexts.get(tuple(path[:-1]))
+        settings = {**command.context_settings, "terminal_width": 100, "max_content_width": 100}
+        ctx = command.context_class(command, info_name=path[-1], parent=parent, **settings)
+        contexts[tuple(path)] = ctx
         parts.append(f"\n## `{' '.join(path)}`\n\n```\n{command.get_help(ctx)}\n```\n")
     return "".join(parts)
-
 
 if __name__ == "__main__":
     target = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
