@@ -448,8 +448,8 @@ class FinetuneSettings(_Section):
         3,
         ge=1,
         le=50,
-        description="passages retrieved into each QA training prompt; the adapter is served "
-        "with the same number (or answer.passages when that is lower)",
+        description="passages retrieved into each QA training prompt (serving offers "
+        "answer.passages)",
     )
     drop_gold: float = Field(
         0.1,

@@ -22,8 +22,7 @@ encrypted under a signed policy that allows fine-tuning, the staff account of `e
    policy), alternating per question: the metric table of `appliance eval answers`.
 
     nice -n 5 python bench/bench_finetune.py [--limit 150] [--seed 0] [--rounds 2]
-        [--slice-steps 10] [--start-args "--max-steps 300"] [--unaligned]
-        [--out bench/results/finetune.json]
+        [--slice-steps 10] [--start-args "--max-steps 300"] [--out bench/results/finetune.json]
 
 The machine's load average is recorded at start and end.
 """
@@ -90,17 +89,9 @@ def load_embedder(settings: Any) -> Any:
 
 
 def evaluate(
-    world: World,
-    embedder: Any,
-    beir: Path,
-    *,
-    limit: int | None,
-    seed: int,
-    log: Log,
-    unaligned: bool = False,
+    world: World, embedder: Any, beir: Path, *, limit: int | None, seed: int, log: Log
 ) -> dict[str, Any]:
-    """Base and adapter through the real answer engine, same questions, alternating; with
-    ``unaligned`` also the adapter shown answer.passages instead of its training's count."""
+    """Base and adapter through the real answer engine, same questions, alternating."""
     from appliance.knowledge import Knowledge
     from appliance.rag.answer_eval import run_mode, summarise_mode
     from appliance.rag.eval_home import index_passages
@@ -126,25 +117,21 @@ def evaluate(
         },
         "index_s": round(time.perf_counter() - started, 1),
     }
-    roles = ["base", "adapter", *(["adapter_unaligned"] if unaligned else [])]
-    log(f"indexed {len(data.passages)} passages; asking {len(questions)} questions x {roles}")
-    served: dict[str, Any] = {}
+    log(f"indexed {len(data.passages)} passages; asking {len(questions)} questions x 2 models")
+    served = {}
     try:
-        for role in roles:
+        for name in (BASE, ADAPTER):
             t0 = time.perf_counter()
-            served[role] = _serving(world, knowledge, BASE if role == "base" else ADAPTER)
-            if role == "adapter_unaligned":
-                _show_all_passages(served[role])
-            out[f"{role}_load_s"] = round(time.perf_counter() - t0, 1)
-        records: dict[str, list[Any]] = {role: [] for role in roles}
+            served[name] = _serving(world, knowledge, name)
+            out[f"{_role(name)}_load_s"] = round(time.perf_counter() - t0, 1)
+        records: dict[str, list[Any]] = {BASE: [], ADAPTER: []}
         for i, question in enumerate(questions):
-            for role in roles if i % 2 == 0 else roles[::-1]:
-                records[role] += run_mode(served[role], [question], "generative")
+            for name in (BASE, ADAPTER) if i % 2 == 0 else (ADAPTER, BASE):
+                records[name] += run_mode(served[name], [question], "generative")
             if (i + 1) % 10 == 0 or i + 1 == len(questions):
                 log(f"  {i + 1}/{len(questions)} questions")
-        for role in roles:
-            summary = summarise_mode(records[role], "generative")
-            out[role] = {"model": served[role].model_name, **summary}
+        for name in (BASE, ADAPTER):
+            out[_role(name)] = {"model": name, **summarise_mode(records[name], "generative")}
     finally:
         for world_ in served.values():
             assert world_.models is not None
@@ -153,12 +140,8 @@ def evaluate(
     return out
 
 
-def _show_all_passages(world: Any) -> None:
-    """Serve the adapter with answer.passages, not the passage count it was trained with (the
-    comparison that shows what serving it its own prompt shape is worth)."""
-    user = world.user
-    with world.models.lease(world.model_name, user=user.name, role=user.role) as lease:
-        lease.model.prompt_passages = 0
+def _role(name: str) -> str:
+    return "base" if name == BASE else "adapter"
 
 
 def _serving(world: World, knowledge: Any, name: str) -> Any:
@@ -231,7 +214,6 @@ def run(
     rounds: int,
     slice_steps: int,
     start_args: list[str],
-    unaligned: bool = False,
     settings: dict[str, dict[str, Any]] | None = None,
     workdir: Path | None = None,
     embedder: Any = None,
@@ -265,9 +247,7 @@ def run(
         )
         report["plain_vs_appliance"] = {**pooled_ratio(side["slices"]), **side}
         log(f"ratio {report['plain_vs_appliance']['ratio']}; evaluating base vs adapter")
-        report["eval"] = evaluate(
-            world, embedder, beir, limit=limit, seed=seed, log=log, unaligned=unaligned
-        )
+        report["eval"] = evaluate(world, embedder, beir, limit=limit, seed=seed, log=log)
         report["verdict"] = verdict(report)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -291,11 +271,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="plain/appliance slice pairs")
     parser.add_argument("--slice-steps", type=int, default=10)
     parser.add_argument("--start-args", default="", help="extra `finetune start` options")
-    parser.add_argument(
-        "--unaligned",
-        action="store_true",
-        help="also ask the adapter shown answer.passages instead of its training's count",
-    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     if args.model == "bundled":
@@ -313,7 +288,6 @@ def main() -> None:
         rounds=args.rounds,
         slice_steps=args.slice_steps,
         start_args=shlex.split(args.start_args),
-        unaligned=args.unaligned,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -41,6 +41,7 @@ def render() -> str:
         parts.append(f"\n## `{' '.join(path)}`\n\n```\n{command.get_help(ctx)}\n```\n")
     return "".join(parts)
 
+
 if __name__ == "__main__":
     target = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
     target.write_text(render(), encoding="utf-8")

@@ -64,9 +64,6 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     buffers: list[bytearray] = field(default_factory=list)
-    # An adapter is served with the prompt it was trained on: at most the passages its training
-    # prompts held (0 = the answer engine's own answer.passages).
-    prompt_passages: int = 0
 
     def wipe(self) -> None:
         """Zero every weight and plaintext buffer, then drop them (policy expiry, unload)."""

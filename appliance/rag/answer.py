@@ -240,7 +240,7 @@ class AnswerEngine:
             tokenizer=loaded.tokenizer,
             context_tokens=context,
             max_new_tokens=max_new,
-            max_passages=min(o.passages, loaded.prompt_passages or o.passages),
+            max_passages=o.passages,
             history=turns,
             best_last=o.best_source_last,
         )

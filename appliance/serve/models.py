@@ -155,7 +155,6 @@ class ModelManager:
                 threads=self.load_threads,
                 name=f"load-{name}",
             )
-            loaded.prompt_passages = trained_passages(opened)
         except ModelLoadError as exc:
             self._audit("model.load", name, now, outcome="refused", reason="LOAD_FAILED")
             return self._set_locked(name, "LOAD_FAILED", exc.diagnostics(), now, host.strength)
@@ -388,10 +387,3 @@ class ModelManager:
     def _emit(self, event: str, name: str, code: str) -> None:
         if self.on_event is not None:
             self.on_event(event, name, code)
-
-
-def trained_passages(opened: Any) -> int:
-    """The passages per prompt an adapter was trained with (0 for a model, or when unknown)."""
-    manifest = getattr(opened, "adapter", None)
-    value = manifest.training.get("passages") if manifest is not None else None
-    return value if isinstance(value, int) and value > 0 else 0

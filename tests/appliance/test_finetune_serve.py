@@ -40,7 +40,7 @@ def _install_adapter(app: Any) -> None:
         adapter_files(tensors, rank=4, alpha=8),
         base=BaseRef(BASE, manifest.package_id, manifest.sha256),
         data={"dataset": "codes", "sha256": "0" * 64},
-        training={"rank": 4, "passages": 1},  # trained on one-passage prompts
+        training={"rank": 4},
         actor="test",
         now=NOW,
     )
@@ -59,12 +59,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: TinyModel) -> I
     app = world.appliance()
     _install_adapter(app)
     embedder = Embedder.load("bundled", threads=1)
-    docs = {
-        "public/codes.md": "# Codes\n\nThe budget code is 512.\n",
-        "public/budget.md": "# Budget\n\nThe budget grows every year.\n",
-        "public/more-codes.md": "# More codes\n\nThe canteen code is 902.\n",
-    }
-    ingest_docs(app, docs, embedder=embedder)
+    ingest_docs(app, {"public/codes.md": "# Codes\n\nThe budget code is 512.\n"}, embedder=embedder)
     clock = Clock(NOW + 10)
     app = world.appliance()
     kb = Knowledge(app.settings, app.secure)
@@ -89,21 +84,6 @@ def test_the_adapter_is_a_model_id_of_the_api(served: Any) -> None:
     )
     assert reply.status_code == 200, reply.text
     assert reply.json()["model"] == ADAPTER
-
-
-def test_the_adapter_is_shown_as_many_passages_as_it_was_trained_on(served: Any) -> None:
-    headers = {"Authorization": f"Bearer {served['token']}"}
-    question = [{"role": "user", "content": "What is the budget code?"}]
-    shown = {}
-    for model in (BASE, ADAPTER):
-        body = {"model": model, "messages": question}
-        reply = httpx.post(
-            served["url"] + "/v1/chat/completions", headers=headers, json=body, timeout=120
-        )
-        assert reply.status_code == 200, reply.text
-        shown[model] = [s["document"] for s in reply.json()["sources"]]
-    assert len(shown[BASE]) == 3  # answer.passages (6) offers every matching passage
-    assert shown[ADAPTER] == shown[BASE][:1]  # its training prompts held one: the best
 
 
 def test_the_web_ui_offers_the_adapter_and_answers_with_it(served: Any) -> None:

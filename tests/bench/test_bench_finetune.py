@@ -86,7 +86,6 @@ def test_the_benchmark_runs_end_to_end(
         rounds=1,
         slice_steps=2,
         start_args=["--max-steps", "2"],
-        unaligned=True,
         settings={"llm": {"max_new_tokens": 8}},
         workdir=tmp_path,
         embedder=embedder,
@@ -109,9 +108,9 @@ def test_the_benchmark_runs_end_to_end(
     ev = report["eval"]
     assert ev["counts"]["questions"] == 4 and ev["counts"]["unanswerable"] == 1
     assert ev["counts"]["passages_not_indexed"] == 0
-    for role in ("base", "adapter", "adapter_unaligned"):
+    for role in ("base", "adapter"):
         assert ev[role]["errors"] == 0 and ev[role]["p50_s"] is not None
-    assert ev["adapter"]["model"] == ev["adapter_unaligned"]["model"] == bench_finetune.ADAPTER
+    assert ev["adapter"]["model"] == bench_finetune.ADAPTER
     assert set(report["verdict"]) == {
         "default_job_under_45_min",
         "tokens_per_s_ratio",
