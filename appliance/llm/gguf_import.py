@@ -22,6 +22,8 @@ The bundled model's file is found by :func:`appliance.llm.bundled.bundled_gguf`.
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -148,9 +150,14 @@ def _quiet(transformers: ModuleType) -> Iterator[None]:
     bars, verbosity = logs.is_progress_bar_enabled(), logs.get_verbosity()
     logs.disable_progress_bar()
     logs.set_verbosity_error()
+    # the GGUF reader's bar is tqdm's own, which disable_progress_bar() does not reach
+    reader: Any = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    bar = reader.tqdm
+    reader.tqdm = functools.partial(bar, disable=True)
     try:
         yield
     finally:
+        reader.tqdm = bar
         logs.set_verbosity(verbosity)
         if bars:
             logs.enable_progress_bar()

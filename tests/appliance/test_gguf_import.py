@@ -100,6 +100,14 @@ def test_packaged_gguf_generates_exactly_like_transformers_on_the_gguf(
     loaded.wipe()
 
 
+def test_import_prints_no_progress_bar(tiny: TinyGguf, capfd: pytest.CaptureFixture[str]) -> None:
+    """`model package x.gguf --json` output stays clean: transformers' per-tensor tqdm bar is
+    switched off (it is tqdm's own, out of reach of transformers' progress-bar switch)."""
+    import_gguf(tiny.path, dtype="fp32").wipe()
+    out, err = capfd.readouterr()
+    assert "de-quantizing" not in out + err and "it/s" not in err
+
+
 def test_manifest_records_gguf_format_digest_and_dtype(tiny: TinyGguf, tmp_path: Path) -> None:
     _loaded, manifest = _package_and_load(tiny.path, tmp_path / "pkg", "bf16")
     digest = hashlib.sha256(tiny.path.read_bytes()).hexdigest()
