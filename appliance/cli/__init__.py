@@ -18,8 +18,8 @@ from .. import __version__
 from ..errors import ApplianceError
 from ._context import CliContext, take_secret_env
 from .admin_cmds import audit, keys, users
-from .docs_cmds import docs, eval_group, ingest, search
-from .eval_cmds import eval_answers
+from .docs_cmds import docs, ingest, search
+from .eval_cmds import eval_group
 from .finetune_cmds import finetune
 from .init_cmds import identity, init, issuer
 from .model_cmds import model, policy
@@ -69,7 +69,6 @@ for command in (
     ask,
 ):
     cli.add_command(command)
-eval_group.add_command(eval_answers)
 docs.add_command(verify)
 
 
