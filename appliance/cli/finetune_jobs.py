@@ -39,7 +39,7 @@ def _service(ctx: CliContext) -> Any:
     default=None,
     help="Stop after N steps (default: finetune.max_steps; 0: every epoch in full).",
 )
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option(
     "--checkpoint-every",

@@ -40,7 +40,7 @@ class JobOptions:
     rank: int = 16
     epochs: int = 1
     max_steps: int | None = None
-    lr: float = 2e-4
+    lr: float = 1e-3
     seed: int = 0
     checkpoint_every: int | None = None
 

@@ -37,7 +37,7 @@ class TrainSettings:
     rank: int = 16
     alpha: float = 32.0
     dropout: float = 0.05
-    lr: float = 2e-4
+    lr: float = 1e-3
     epochs: int = 1
     max_steps: int | None = None
     seed: int = 0
