@@ -460,6 +460,12 @@ class FinetuneSettings(_Section):
     )
     lora_alpha: float = Field(0.0, ge=0, description="LoRA scaling alpha (0 = twice the rank)")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA inputs")
+    lora_layers: int = Field(
+        0,
+        ge=0,
+        description="LoRA on the top N decoder layers only (0 = every layer): the layers below "
+        "run forward only, so a step costs less",
+    )
     warmup_share: float = Field(
         0.03, ge=0, lt=1, description="share of the steps the learning rate warms up over"
     )

@@ -38,6 +38,7 @@ import shutil
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -222,7 +223,7 @@ def run(
     load_start = os.getloadavg()
     started = time.time()
     root = Path(tempfile.mkdtemp(prefix="kapp-bench-finetune-", dir=workdir))
-    report: dict[str, Any] = {"model": str(model_source), "goals": GOALS}
+    report: dict[str, Any] = {"model": str(model_source), "goals": GOALS, "settings": settings}
     try:
         log(f"packaging {model_source.name} encrypted into a scratch home")
         world = build_world(root, model_source, settings=settings)
@@ -261,6 +262,18 @@ def run(
     return report
 
 
+def parse_settings(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["finetune.passages=6", …]`` as {section: {key: value}} (values read as TOML)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        if not (section and name and value):
+            raise SystemExit(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        out.setdefault(section, {})[name] = tomllib.loads(f"v = {value}")["v"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--train", type=Path, default=DATA / "train.jsonl")
@@ -271,6 +284,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="plain/appliance slice pairs")
     parser.add_argument("--slice-steps", type=int, default=10)
     parser.add_argument("--start-args", default="", help="extra `finetune start` options")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a setting written into the scratch home's appliance.toml (TOML value), repeatable",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     if args.model == "bundled":
@@ -288,6 +308,7 @@ def main() -> None:
         rounds=args.rounds,
         slice_steps=args.slice_steps,
         start_args=shlex.split(args.start_args),
+        settings=parse_settings(args.set) or None,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

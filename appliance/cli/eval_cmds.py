@@ -20,6 +20,8 @@ _ROWS = (
     ("right_citation_rate", "answers citing a right source"),
     ("abstention_accuracy", "abstention accuracy"),
     ("false_abstention", "false abstention"),
+    ("gold_shown_rate", "answerable with a right source shown"),
+    ("false_abstention_gold_shown", "false abstention, right source shown"),
     ("p50_s", "latency p50 (s)"),
     ("p95_s", "latency p95 (s)"),
     ("tokens_per_s", "tokens/s"),

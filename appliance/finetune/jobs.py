@@ -280,6 +280,7 @@ def job_settings(settings: Any, options: JobOptions) -> dict[str, Any]:
         "rank": options.rank,
         "alpha": f.lora_alpha or 2.0 * options.rank,
         "dropout": f.lora_dropout,
+        "lora_layers": f.lora_layers,
         "lr": options.lr,
         "epochs": options.epochs,
         "max_steps": _max_steps(options.max_steps, f.max_steps),

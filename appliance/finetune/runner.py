@@ -224,6 +224,7 @@ class JobRunner:
             seed=int(s["seed"]),
             batch_size=int(s["batch_size"]),
             warmup_share=float(s["warmup_share"]),
+            layers=int(s.get("lora_layers", 0)),  # jobs started before the setting: every layer
         )
         tokenizer = self._loaded.tokenizer
         pad = (

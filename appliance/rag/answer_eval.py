@@ -15,6 +15,9 @@ definitions):
 * ``abstention_accuracy``: the share of unanswerable questions answered with the engine's
   structured not-found outcome (``Answer.not_found``; None without unanswerable questions);
   ``false_abstention``: the share of answerable questions that got it;
+  ``gold_shown_rate``: the share of answerable questions where a source offered to the model
+  was the gold passage or held a gold answer (what retrieval made possible), and
+  ``false_abstention_gold_shown``: the false abstentions among those (the model's own share);
 * ``p50_s``, ``p95_s``: latency of one whole answer (retrieval, prompt, generation, filter);
   ``tokens_per_s``: generated tokens after the first per second of decoding, over all answers
   (None in extractive mode); ``first_token_p50_s``: median time to the first token.
@@ -167,6 +170,7 @@ def _ask(world: EvalWorld, question: QaQuestion, mode: EvalMode) -> AnswerRecord
         text=answer.text,
         not_found=answer.not_found,
         cited_sources=cited,
+        shown_sources=[(s.document, s.text) for s in answer.sources],
         golds=question.answers,
         gold_docs=question.gold_docs,
         impossible=question.impossible,
@@ -191,6 +195,10 @@ def summarise_mode(records: Sequence[AnswerRecord], mode: EvalMode) -> dict[str,
         "right_citation_rate": _mean([float(r.score.cited_right > 0) for r in answerable]),
         "abstention_accuracy": _mean([float(r.score.abstained) for r in unanswerable]),
         "false_abstention": _mean([float(r.score.abstained) for r in answerable]),
+        "gold_shown_rate": _mean([float(bool(r.score.gold_shown)) for r in answerable]),
+        "false_abstention_gold_shown": _mean(
+            [float(r.score.abstained) for r in answerable if r.score.gold_shown]
+        ),
         "p50_s": _round(latencies.get("p50_ms"), 3),
         "p95_s": _round(latencies.get("p95_ms"), 3),
         "tokens_per_s": None,

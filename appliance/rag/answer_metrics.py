@@ -191,6 +191,7 @@ class QuestionScore:
     abstained: bool
     cited: int  # sources the answer cited
     cited_right: int  # of those, the gold passage or one holding a gold answer
+    gold_shown: bool | None = None  # whether such a source was among those offered to the model
 
 
 def score_answer(
@@ -199,11 +200,13 @@ def score_answer(
     not_found: bool,
     cited_sources: Sequence[tuple[str, str]],
     golds: Sequence[str],
+    shown_sources: Sequence[tuple[str, str]] = (),
     gold_docs: Iterable[str],
     impossible: bool,
     language: str,
 ) -> QuestionScore:
-    """Score one answer. ``cited_sources`` are (document id, passage text) of what it cited.
+    """Score one answer. ``cited_sources`` are (document id, passage text) of what it cited,
+    ``shown_sources`` of every source offered to the model.
 
     An abstention (the engine's structured not-found outcome) is scored as the empty answer;
     its citations, and those of any answer to an unanswerable question, are not counted.
@@ -213,11 +216,16 @@ def score_answer(
     prediction = "" if not_found else answer_text(text)
     docs = set(gold_docs)
     cited = [] if not_found else list(cited_sources)
-    right = sum(1 for doc, body in cited if doc in docs or contains_answer(body, golds, language))
+
+    def is_gold(doc: str, body: str) -> bool:
+        return doc in docs or contains_answer(body, golds, language)
+
+    right = sum(1 for doc, body in cited if is_gold(doc, body))
     return QuestionScore(
         em=exact_match(prediction, golds, language),
         f1=f1_score(prediction, golds, language),
         abstained=not_found,
         cited=len(cited),
         cited_right=right,
+        gold_shown=any(is_gold(doc, body) for doc, body in shown_sources),
     )

@@ -138,6 +138,32 @@ def test_score_answer_counts_right_citations() -> None:
     assert (s.em, s.f1, s.abstained, s.cited, s.cited_right) == (1.0, 1.0, False, 3, 2)
 
 
+def test_score_answer_says_whether_a_right_source_was_shown() -> None:
+    shown = [("p7", "no"), ("p8", "Aid came from Saudi Arabia.")]
+    s = score_answer(
+        text="x", not_found=True, cited_sources=(), shown_sources=shown, impossible=False, **GOLD
+    )
+    assert s.gold_shown is True and s.abstained  # a false abstention the model is to blame for
+    s = score_answer(
+        text="x",
+        not_found=True,
+        cited_sources=(),
+        shown_sources=shown[:1],
+        impossible=False,
+        **GOLD,
+    )
+    assert s.gold_shown is False  # retrieval did not find it
+    s = score_answer(
+        text="x",
+        not_found=True,
+        cited_sources=(),
+        shown_sources=[("p1", "?")],
+        impossible=True,
+        **GOLD,
+    )
+    assert s.gold_shown is None  # no gold for an unanswerable question
+
+
 def test_abstention_scores_as_the_empty_answer() -> None:
     # the not-found sentence shares no credit, and its citations are not counted
     s = score_answer(
@@ -161,9 +187,9 @@ def _record(
 
 def test_mode_summary_by_hand() -> None:
     records = [
-        _record(False, QuestionScore(1.0, 1.0, False, 2, 1), 1.0, tokens=11),
-        _record(False, QuestionScore(0.0, 0.5, False, 1, 1), 2.0, tokens=21),
-        _record(False, QuestionScore(0.0, 0.0, True, 0, 0), 3.0, tokens=11),
+        _record(False, QuestionScore(1.0, 1.0, False, 2, 1, True), 1.0, tokens=11),
+        _record(False, QuestionScore(0.0, 0.5, False, 1, 1, False), 2.0, tokens=21),
+        _record(False, QuestionScore(0.0, 0.0, True, 0, 0, True), 3.0, tokens=11),
         _record(True, QuestionScore(None, None, True, 0, 0), 4.0, tokens=11),
         _record(True, QuestionScore(None, None, False, 0, 0), 5.0, tokens=1),
     ]
@@ -175,6 +201,8 @@ def test_mode_summary_by_hand() -> None:
     assert s["abstention_accuracy"] == 0.5 and s["false_abstention"] == pytest.approx(
         1 / 3, abs=1e-4
     )
+    assert s["gold_shown_rate"] == pytest.approx(2 / 3, abs=1e-4)
+    assert s["false_abstention_gold_shown"] == 0.5  # 1 of the 2 shown their gold abstained
     assert s["p50_s"] == 3.0 and s["p95_s"] == pytest.approx(4.8)
     # decoded tokens after the first: 10 + 20 + 10 + 10 + 0 = 50 over 1.1+2.1+1.1+1.1 s
     assert s["tokens_per_s"] == pytest.approx(50 / 5.4, abs=0.01)

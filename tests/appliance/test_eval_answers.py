@@ -46,6 +46,8 @@ METRICS = {
     "right_citation_rate",
     "abstention_accuracy",
     "false_abstention",
+    "gold_shown_rate",
+    "false_abstention_gold_shown",
     "p50_s",
     "p95_s",
     "tokens_per_s",
@@ -99,6 +101,7 @@ def test_both_modes_side_by_side(qa_set: Path, tiny_model: TinyModel, tmp_path: 
     assert ext["em"] >= 0.2 and ext["f1"] > 0.4
     assert ext["citation_precision"] == 1.0 and ext["right_citation_rate"] == 1.0
     assert ext["abstention_accuracy"] == 1.0 and ext["false_abstention"] == 0.0
+    assert ext["gold_shown_rate"] == 1.0 and ext["false_abstention_gold_shown"] == 0.0
     assert ext["tokens_per_s"] is None
     assert [s for s in stages if s[1] == s[2]] == [
         ("indexing", 5, 5),

@@ -141,3 +141,27 @@ def test_the_answer_only_loss_equals_the_models_own_loss(
     full.backward()
     for mine, theirs in zip(grads, [p.grad for p in trainer.params], strict=True):
         assert torch.allclose(mine, theirs, atol=1e-6)
+
+
+def test_lora_on_the_top_layers_only_trains_and_merges_those(
+    tiny_model: TinyModel, examples: list[Example]
+) -> None:
+    settings = TrainSettings(**{**SETTINGS.to_dict(), "layers": 1})
+    loaded = _load(tiny_model)
+    trainer = LoraTrainer(loaded.model, examples, settings, pad_id=0)  # type: ignore[attr-defined]
+    losses = [trainer.train_step().loss for _ in range(trainer.total_steps)]
+    assert sum(losses[-4:]) < sum(losses[:4])  # the answers' loss goes down
+    state = trainer.adapter_state()
+    assert state and all(".layers.1." in key for key in state)  # of the 2 layers, the top one
+    assert {k.split(".")[-3] for k in state} >= {"q_proj", "down_proj"}
+    trainer.model.eval()
+    ids = torch.tensor([examples[0].ids])
+    with torch.no_grad():
+        expected = trainer.model(input_ids=ids).logits
+    files = adapter_files(state, rank=4, alpha=8)
+    adapter = {k: bytearray(v) for k, v in files.items()}
+    merged = load_with_adapter(
+        "tiny-ft", tiny_model.files(), adapter, options=LoadOptions(dtype="fp32")
+    )
+    with torch.no_grad():
+        assert torch.allclose(merged.model(input_ids=ids).logits, expected, atol=1e-4)
