@@ -22,6 +22,7 @@ import gc
 import io
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,20 +218,27 @@ def test_a_hung_server_times_out_clearly_and_the_appliance_recovers(served: Serv
     assert compare(s.world.runtime.knowledge.registry, s.world.runtime.knowledge.store).ok
 
 
+@contextmanager
+def _upload_during_outage(served: Served, filename: str, text: str) -> Iterator[tuple[Any, Any]]:
+    """The Milvus server killed, then ``text`` uploaded by fred into finance: yields (fred, the
+    upload), and starts the server again on the way out."""
+    runtime = served.world.runtime
+    fred = runtime.app.users.get("fred")
+    served.server.kill()
+    try:
+        source = io.BytesIO(text.encode())
+        yield fred, runtime.uploads.save(fred, filename=filename, source=source, group="finance")
+    finally:
+        served.server.start()
+
+
 def test_an_upload_during_an_outage_waits_and_is_indexed_when_milvus_is_back(
     served: Served,
 ) -> None:
     runtime = served.world.runtime
-    fred = runtime.app.users.get("fred")
     drop = served.world.settings.drop_dir
-    served.server.kill()
-    try:
-        item = runtime.uploads.save(
-            fred,
-            filename="outage-note.txt",
-            source=io.BytesIO(b"The coffee machine on floor 3 is serviced every Friday."),
-            group="finance",
-        )
+    note = "The coffee machine on floor 3 is serviced every Friday."
+    with _upload_during_outage(served, "outage-note.txt", note) as (fred, item):
         deadline = time.monotonic() + 90
         while (now := runtime.uploads.status(fred, item.id)[0]).code != "index-unavailable":
             assert now.state != "failed", now
@@ -239,8 +247,6 @@ def test_an_upload_during_an_outage_waits_and_is_indexed_when_milvus_is_back(
         assert now.state == "queued" and "indexed as soon as" in now.reason
         assert (drop / "finance" / "outage-note.txt").exists()
         assert not (drop / "_failed").exists()
-    finally:
-        served.server.start()
     done = runtime.uploads.wait(fred, item.id, timeout=120)
     assert (done.state, done.code) == ("indexed", "")
     assert not (drop / "finance" / "outage-note.txt").exists()  # in the vault now
@@ -261,16 +267,9 @@ def test_shutdown_during_an_outage_does_not_wait_out_the_retries(
     patient = RetryPolicy(for_s=300.0, initial_s=0.2, max_s=0.5)
     monkeypatch.setattr(knowledge_module, "retry_policy", lambda _settings: patient)
     runtime = served.world.runtime
-    fred = runtime.app.users.get("fred")
     drop = served.world.settings.drop_dir
-    served.server.kill()
-    try:
-        item = runtime.uploads.save(
-            fred,
-            filename="shutdown-note.txt",
-            source=io.BytesIO(b"The archive room is locked on Sundays."),
-            group="finance",
-        )
+    note = "The archive room is locked on Sundays."
+    with _upload_during_outage(served, "shutdown-note.txt", note) as (fred, item):
         deadline = time.monotonic() + 60
         while runtime.uploads.status(fred, item.id)[0].state != "parsing":
             assert time.monotonic() < deadline, "the pass did not start"
@@ -283,5 +282,3 @@ def test_shutdown_during_an_outage_does_not_wait_out_the_retries(
         assert (now.state, now.code) == ("queued", "index-unavailable")
         assert (drop / "finance" / "shutdown-note.txt").exists()  # ingested after a restart
         assert not (drop / "_failed").exists()
-    finally:
-        served.server.start()
