@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import shlex
 import shutil
@@ -39,7 +40,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,14 @@ def load_embedder(settings: Any) -> Any:
 
 
 def evaluate(
-    world: World, embedder: Any, beir: Path, *, limit: int | None, seed: int, log: Log
+    world: World,
+    embedder: Any,
+    beir: Path,
+    *,
+    limit: int | None,
+    seed: int,
+    log: Log,
+    extra_unanswerable: int = 0,
 ) -> dict[str, Any]:
     """Base and adapter through the real answer engine, same questions, alternating."""
     from appliance.knowledge import Knowledge
@@ -100,7 +108,9 @@ def evaluate(
 
     app = world.app
     data = load_qa_set(beir)
-    questions = sample_questions(data.only("held-out").questions, limit, seed)
+    held_out = data.only("held-out").questions
+    questions = sample_questions(held_out, limit, seed)
+    extra = _extra_unanswerable(held_out, questions, extra_unanswerable, seed)
     knowledge = Knowledge(world.settings, app.secure)
     knowledge.__dict__["embedder"] = embedder  # the one loaded embedder
     started = time.perf_counter()
@@ -133,11 +143,35 @@ def evaluate(
                 log(f"  {i + 1}/{len(questions)} questions")
         for name in (BASE, ADAPTER):
             out[_role(name)] = {"model": name, **summarise_mode(records[name], "generative")}
+        if extra:
+            out["extra_unanswerable"] = _ask_extra(served, extra, log)
     finally:
         for world_ in served.values():
             assert world_.models is not None
             world_.models.close()
         knowledge.store.close()
+    return out
+
+
+def _extra_unanswerable(
+    held_out: Sequence[Any], asked: Sequence[Any], n: int, seed: int
+) -> list[Any]:
+    """``n`` more unanswerable held-out questions than the proportional draw holds (its 10 of
+    150 move abstention accuracy by 0.1 each), none of them already asked."""
+    seen = {q.id for q in asked}
+    pool = [q for q in held_out if q.impossible and q.id not in seen]
+    return random.Random(seed + 1).sample(pool, min(n, len(pool)))
+
+
+def _ask_extra(served: dict[str, Any], questions: list[Any], log: Log) -> dict[str, Any]:
+    from appliance.rag.answer_eval import run_mode
+
+    log(f"asking {len(questions)} more unanswerable questions x 2 models")
+    out: dict[str, Any] = {"questions": len(questions)}
+    for name in (BASE, ADAPTER):
+        records = run_mode(served[name], questions, "generative")
+        abstained = sum(r.score.abstained for r in records)
+        out[_role(name)] = {"abstained": abstained, "abstention_accuracy": abstained / len(records)}
     return out
 
 
@@ -216,6 +250,7 @@ def run(
     slice_steps: int,
     start_args: list[str],
     settings: dict[str, dict[str, Any]] | None = None,
+    extra_unanswerable: int = 0,
     workdir: Path | None = None,
     embedder: Any = None,
     log: Log = _log,
@@ -248,7 +283,15 @@ def run(
         )
         report["plain_vs_appliance"] = {**pooled_ratio(side["slices"]), **side}
         log(f"ratio {report['plain_vs_appliance']['ratio']}; evaluating base vs adapter")
-        report["eval"] = evaluate(world, embedder, beir, limit=limit, seed=seed, log=log)
+        report["eval"] = evaluate(
+            world,
+            embedder,
+            beir,
+            limit=limit,
+            seed=seed,
+            log=log,
+            extra_unanswerable=extra_unanswerable,
+        )
         report["verdict"] = verdict(report)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -291,6 +334,13 @@ def main() -> None:
         metavar="SECTION.KEY=VALUE",
         help="a setting written into the scratch home's appliance.toml (TOML value), repeatable",
     )
+    parser.add_argument(
+        "--extra-unanswerable",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also ask N unanswerable held-out questions outside the draw (abstention only)",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     if args.model == "bundled":
@@ -309,6 +359,7 @@ def main() -> None:
         slice_steps=args.slice_steps,
         start_args=shlex.split(args.start_args),
         settings=parse_settings(args.set) or None,
+        extra_unanswerable=args.extra_unanswerable,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -47,6 +47,8 @@ def _beir(folder: Path) -> Path:
         ("q2", "what is the report colour?", [], True, "p1"),
         ("q3", "what is the canteen code now?", ["902"], False, "p1"),
         ("q4", "what is the laptop code?", ["555"], False, "p2"),  # a tuning article
+        ("q5", "what is the budget colour?", [], True, "p0"),
+        ("q6", "what is the budget code now?", ["417"], False, "p0"),
     ]
     (folder / "qrels").mkdir(parents=True)
     lines = [json.dumps({"_id": i, "title": t, "text": x}) for i, t, x in passages]
@@ -87,6 +89,7 @@ def test_the_benchmark_runs_end_to_end(
         slice_steps=2,
         start_args=["--max-steps", "2"],
         settings={"llm": {"max_new_tokens": 8}},
+        extra_unanswerable=3,
         workdir=tmp_path,
         embedder=embedder,
         log=lambda _m: None,
@@ -108,6 +111,9 @@ def test_the_benchmark_runs_end_to_end(
     ev = report["eval"]
     assert ev["counts"]["questions"] == 4 and ev["counts"]["unanswerable"] == 1
     assert ev["counts"]["passages_not_indexed"] == 0
+    extra = ev["extra_unanswerable"]  # the one held-out unanswerable question not drawn
+    assert extra["questions"] == 1 and extra["adapter"]["abstention_accuracy"] in (0.0, 1.0)
+    assert report["settings"] == {"llm": {"max_new_tokens": 8}}
     for role in ("base", "adapter"):
         assert ev[role]["errors"] == 0 and ev[role]["p50_s"] is not None
     assert ev["adapter"]["model"] == bench_finetune.ADAPTER
@@ -123,3 +129,12 @@ def test_the_benchmark_runs_end_to_end(
     assert report["verdict"]["default_job_under_45_min"]["met"]
     assert report["machine"]["load_average_start"]
     assert not list(tmp_path.glob("kapp-bench-finetune-*"))  # the scratch is gone
+
+
+def test_set_options_become_settings_sections() -> None:
+    got = bench_finetune.parse_settings(
+        ["finetune.passages=6", "finetune.drop_gold=0.05", 'llm.dtype="fp32"']
+    )
+    assert got == {"finetune": {"passages": 6, "drop_gold": 0.05}, "llm": {"dtype": "fp32"}}
+    with pytest.raises(SystemExit, match="SECTION.KEY=VALUE"):
+        bench_finetune.parse_settings(["passages=6"])
