@@ -136,5 +136,5 @@ def test_set_options_become_settings_sections() -> None:
         ["finetune.passages=6", "finetune.drop_gold=0.05", 'llm.dtype="fp32"']
     )
     assert got == {"finetune": {"passages": 6, "drop_gold": 0.05}, "llm": {"dtype": "fp32"}}
-    with pytest.raises(SystemExit, match="SECTION.KEY=VALUE"):
+    with pytest.raises(SystemExit, match=r"SECTION\.KEY=VALUE"):
         bench_finetune.parse_settings(["passages=6"])
