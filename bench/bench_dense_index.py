@@ -149,6 +149,17 @@ def measure(
     }
 
 
+def self_found(store: ChunkStore, matrix: np.ndarray, ids: list[str], probes: int = 400) -> float:
+    """Share of sampled stored rows that a search with their own vector returns first: below 1,
+    some rows are not searched at all (as opposed to approximate neighbours)."""
+    picked = np.random.default_rng(1).choice(len(matrix), min(probes, len(matrix)), replace=False)
+    found = 0
+    for i in picked:
+        hits = store.search_dense(matrix[i], groups=[GROUP], limit=10)
+        found += bool(hits) and hits[0].id == ids[i]
+    return round(found / len(picked), 4)
+
+
 def main() -> None:
     from ingest.embed import Embedder
 
@@ -189,6 +200,7 @@ def main() -> None:
             with ChunkStore.open(uri, dim=dim, model_id=model, dense_index=index) as store:
                 open_s = time.perf_counter() - t0
                 row = measure(store, queries, truth, ids)
+                row["self_found"] = self_found(store, matrix, ids)
                 row["open_s"] = round(open_s, 1)
                 row["rebuilt_from"] = store.rebuilt_from
                 row["milvus_describes"] = {
