@@ -165,3 +165,15 @@ def test_lora_on_the_top_layers_only_trains_and_merges_those(
     )
     with torch.no_grad():
         assert torch.allclose(merged.model(input_ids=ids).logits, expected, atol=1e-4)
+
+
+def test_lora_layers_need_a_decoder_layer_stack(tiny_model: TinyModel) -> None:
+    from appliance.errors import ApplianceError
+    from appliance.finetune.trainer import TARGET_MODULES, target_modules
+
+    model = _load(tiny_model).model  # type: ignore[attr-defined]
+    assert target_modules(model, 0) == target_modules(model, 2) == TARGET_MODULES  # all of 2
+    assert all(".layers.1." in name for name in target_modules(model, 1))
+    with pytest.raises(ApplianceError, match="no decoder layer stack") as caught:
+        target_modules(torch.nn.Sequential(torch.nn.Linear(2, 2)), 1)
+    assert caught.value.code == "FINETUNE_LAYERS"
