@@ -164,14 +164,16 @@ def _extra_unanswerable(
 
 
 def _ask_extra(served: dict[str, Any], questions: list[Any], log: Log) -> dict[str, Any]:
-    from appliance.rag.answer_eval import run_mode
+    from appliance.rag.answer_eval import run_mode, summarise_mode
 
     log(f"asking {len(questions)} more unanswerable questions x 2 models")
     out: dict[str, Any] = {"questions": len(questions)}
     for name in (BASE, ADAPTER):
         records = run_mode(served[name], questions, "generative")
-        abstained = sum(r.score.abstained for r in records)
-        out[_role(name)] = {"abstained": abstained, "abstention_accuracy": abstained / len(records)}
+        out[_role(name)] = {
+            "abstained": sum(r.score.abstained for r in records),
+            "abstention_accuracy": summarise_mode(records, "generative")["abstention_accuracy"],
+        }
     return out
 
 
