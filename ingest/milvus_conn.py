@@ -9,6 +9,9 @@ channel to the address, so a restarted server would wait minutes for its first r
 (``https://`` URIs) can name the CA that signed the server's certificate, a client certificate
 for mutual TLS and the name to expect in the certificate.
 
+Milvus Lite: pymilvus starts one server process per ``*.db`` file; :func:`connect_client`
+counts the stores using each file and :func:`release_lite` stops the server when the last closes.
+
 Errors: a server that is down, unreachable or slower than the call's time limit raises
 :class:`~ingest.errors.StoreUnavailable` (retried by ingestion, 503 for questions); anything
 else Milvus refuses stays an :class:`~ingest.errors.IngestError` ``milvus-error``.
@@ -17,13 +20,25 @@ else Milvus refuses stays an :class:`~ingest.errors.IngestError` ``milvus-error`
 from __future__ import annotations
 
 import logging
+import threading
+import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import IngestError, StoreUnavailable
 
-__all__ = ["ConnectOptions", "quiet_outage_logs", "store_error"]
+__all__ = [
+    "ConnectOptions",
+    "connect_client",
+    "quiet_outage_logs",
+    "release_lite",
+    "store_error",
+]
+
+_lite_lock = threading.Lock()
+_lite_users: Counter[str] = Counter()
 
 _CONNECT_FAILED = 2  # pymilvus Status.CONNECT_FAILED
 _UNAVAILABLE_TEXT = ("Fail connecting to server", "server unavailable", "Retry timeout")
@@ -166,3 +181,75 @@ def quiet_outage_logs() -> None:
         target = logging.getLogger(name)
         if not any(isinstance(f, _OutageFilter) for f in target.filters):
             target.addFilter(_OutageFilter())
+
+
+def connect_client(
+    uri: str, token: str, timeout: float, connect: ConnectOptions
+) -> tuple[Any, str | None]:
+    """(MilvusClient on its own channel, the Lite file path or None). A Lite server process is
+    started per file by pymilvus and stopped by :func:`release_lite` when its last store
+    closes."""
+    import grpc
+    from pymilvus import MilvusClient, MilvusException
+
+    quiet_outage_logs()
+    _quiet_iterator_log()
+    lite = None
+    if uri.endswith(".db"):
+        path = Path(uri).expanduser().absolute()
+        if not path.parent.is_dir():
+            raise IngestError(
+                f"The Milvus Lite directory {path.parent} does not exist.",
+                code="milvus-error",
+                hint="Create it (the appliance home should have it) or fix the milvus.uri setting.",
+            )
+        _import_lite()
+        lite = str(path.resolve())
+        uri = str(path)
+        with _lite_lock:
+            _lite_users[lite] += 1
+    try:
+        options = connect.client_kwargs(uri)
+        return MilvusClient(uri=uri, token=token, timeout=timeout, **options), lite
+    except (MilvusException, grpc.RpcError) as exc:
+        release_lite(lite)
+        raise store_error(exc, timeout=timeout) from None
+    except BaseException:
+        release_lite(lite)
+        raise
+
+
+def _import_lite() -> None:
+    """milvus-lite 2.5 imports the deprecated ``pkg_resources``; silence exactly that warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="pkg_resources is deprecated as an API", category=UserWarning
+        )
+        import milvus_lite.server_manager  # noqa: F401
+
+
+def _quiet_iterator_log() -> None:
+    """Lite (and a server built on it) answers no MVCC timestamp to the query iterator, which
+    then logs a warning on every scan and falls back to a client timestamp (correct here):
+    drop exactly that line."""
+    iterator_log = logging.getLogger("pymilvus.orm.iterator")
+    if not any(isinstance(f, _LiteTimestampFilter) for f in iterator_log.filters):
+        iterator_log.addFilter(_LiteTimestampFilter())
+
+
+class _LiteTimestampFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("failed to get mvccTs from milvus server")
+
+
+def release_lite(lite: str | None) -> None:
+    if lite is None:
+        return
+    with _lite_lock:
+        _lite_users[lite] -= 1
+        if _lite_users[lite] > 0:
+            return
+        del _lite_users[lite]
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(lite)

@@ -7,9 +7,9 @@ embedder), writes and deletes rows, and runs the two single-vector searches that
 fuses. Every search is filtered by the caller's groups, and an empty group list returns nothing
 without asking Milvus, so "no groups" can never mean "all rows".
 
-Connection options (a short reconnection backoff, TLS) and the mapping of failures to
-:class:`~ingest.errors.StoreUnavailable` (server down or too slow) or ``milvus-error`` live in
-`ingest.milvus_conn`.
+The connection (a short reconnection backoff, TLS, the Lite server's lifetime) and the mapping
+of failures to :class:`~ingest.errors.StoreUnavailable` (server down or too slow) or
+``milvus-error`` live in `ingest.milvus_conn`.
 
 Filters are built only from validated values (group names, document ids, integers): Milvus Lite
 2.5 has no filter templates, and a malformed filter makes pymilvus retry for minutes, so nothing
@@ -21,16 +21,12 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
-import warnings
-from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from .errors import IngestError
-from .milvus_conn import ConnectOptions, quiet_outage_logs, store_error
+from .milvus_conn import ConnectOptions, connect_client, release_lite, store_error
 from .schema import (
     DEFAULT_COLLECTION,
     DEFAULT_DENSE_INDEX,
@@ -76,8 +72,6 @@ _CHUNK_ID = re.compile(r"[A-Za-z0-9._-]{1,256}:[0-9]{1,18}:[0-9]{1,18}")
 _BATCH_ROWS = 512
 _BATCH_BYTES = 16 << 20
 _ITER_BATCH = 4096
-_lite_lock = threading.Lock()
-_lite_users: Counter[str] = Counter()
 log = logging.getLogger(__name__)
 
 
@@ -132,7 +126,7 @@ class ChunkStore:
                 hint="Set milvus.index_type to FLAT, IVF_FLAT or AUTOINDEX, or use a Milvus "
                 "server (milvus.uri = http://host:19530).",
             )
-        client, lite = _connect(uri, token, timeout, connect or ConnectOptions())
+        client, lite = connect_client(uri, token, timeout, connect or ConnectOptions())
         meta = CollectionMeta(model_id, dim)
         store = cls(client, collection, meta, lite, timeout, dense_index)
         try:
@@ -240,7 +234,7 @@ class ChunkStore:
         client, self._client = self._client, None
         if client is not None:
             client.close()
-            _release_lite(self._lite)
+            release_lite(self._lite)
 
     def __enter__(self) -> ChunkStore:
         return self
@@ -391,78 +385,3 @@ def _batches(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
         size += row_size
     if batch:
         yield batch
-
-
-# -- connections --------------------------------------------------------------------------------
-
-
-def _connect(
-    uri: str, token: str, timeout: float, connect: ConnectOptions
-) -> tuple[Any, str | None]:
-    """(MilvusClient on its own channel, the Lite file path or None). A Lite server process is
-    started per file by pymilvus and stopped by :func:`_release_lite` when its last store
-    closes."""
-    import grpc
-    from pymilvus import MilvusClient, MilvusException
-
-    quiet_outage_logs()
-    _quiet_iterator_log()
-    lite = None
-    if uri.endswith(".db"):
-        path = Path(uri).expanduser().absolute()
-        if not path.parent.is_dir():
-            raise IngestError(
-                f"The Milvus Lite directory {path.parent} does not exist.",
-                code="milvus-error",
-                hint="Create it (the appliance home should have it) or fix the milvus.uri setting.",
-            )
-        _import_lite()
-        lite = str(path.resolve())
-        uri = str(path)
-        with _lite_lock:
-            _lite_users[lite] += 1
-    try:
-        options = connect.client_kwargs(uri)
-        return MilvusClient(uri=uri, token=token, timeout=timeout, **options), lite
-    except (MilvusException, grpc.RpcError) as exc:
-        _release_lite(lite)
-        raise store_error(exc, timeout=timeout) from None
-    except BaseException:
-        _release_lite(lite)
-        raise
-
-
-def _import_lite() -> None:
-    """milvus-lite 2.5 imports the deprecated ``pkg_resources``; silence exactly that warning."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="pkg_resources is deprecated as an API", category=UserWarning
-        )
-        import milvus_lite.server_manager  # noqa: F401
-
-
-def _quiet_iterator_log() -> None:
-    """Lite (and a server built on it) answers no MVCC timestamp to the query iterator, which
-    then logs a warning on every scan and falls back to a client timestamp (correct here):
-    drop exactly that line."""
-    iterator_log = logging.getLogger("pymilvus.orm.iterator")
-    if not any(isinstance(f, _LiteTimestampFilter) for f in iterator_log.filters):
-        iterator_log.addFilter(_LiteTimestampFilter())
-
-
-class _LiteTimestampFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("failed to get mvccTs from milvus server")
-
-
-def _release_lite(lite: str | None) -> None:
-    if lite is None:
-        return
-    with _lite_lock:
-        _lite_users[lite] -= 1
-        if _lite_users[lite] > 0:
-            return
-        del _lite_users[lite]
-        from milvus_lite.server_manager import server_manager_instance
-
-        server_manager_instance.release_server(lite)
