@@ -438,6 +438,16 @@ class Registry:
                 rows = db.execute(f"{query} AND doc_id IN ({marks})", wanted).fetchall()
         return {r[0]: r[1] for r in rows}
 
+    def indexed_versions(self) -> dict[str, tuple[int, str, int]]:
+        """doc_id -> (current version, group, chunks) of every indexed document: what a
+        search may return (the in-memory dense index follows it)."""
+        query = (
+            "SELECT doc_id, current_version, group_name, chunks FROM documents "
+            "WHERE status='indexed'"
+        )
+        with self._db() as db:
+            return {r[0]: (r[1], r[2], r[3]) for r in db.execute(query)}
+
     def get_many(self, doc_ids: Iterable[str]) -> dict[str, Document]:
         wanted = sorted(set(doc_ids))
         if not wanted:

@@ -19,11 +19,14 @@ fast with an actionable error.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
+
+import numpy as np
 
 from .errors import IngestError
 from .milvus_conn import ConnectOptions, connect_client, release_lite, store_error
@@ -72,6 +75,7 @@ _CHUNK_ID = re.compile(r"[A-Za-z0-9._-]{1,256}:[0-9]{1,18}:[0-9]{1,18}")
 _BATCH_ROWS = 512
 _BATCH_BYTES = 16 << 20
 _ITER_BATCH = 4096
+_VECTOR_BATCH = 500  # Lite's time per page grows faster than its rows
 log = logging.getLogger(__name__)
 
 
@@ -319,6 +323,32 @@ class ChunkStore:
             return None
         return Hit.from_result({"id": rows[0][F_ID], "distance": 0.0, "entity": rows[0]})
 
+    def payloads(self, chunk_ids: Sequence[str]) -> dict[str, str]:
+        """Chunk id -> sealed payload, for hits that came without one (the in-memory dense
+        index keeps no payloads). Ids are checked like :meth:`get`'s; absent ids are left out."""
+        ids = sorted(set(chunk_ids))
+        for chunk_id in ids:
+            if not isinstance(chunk_id, str) or not _CHUNK_ID.fullmatch(chunk_id):
+                raise ValueError(f"Invalid chunk id {chunk_id!r}.")
+        if not ids:
+            return {}
+        rows = self._call(
+            "query", self.name, filter=f"{F_ID} in {json.dumps(ids)}", output_fields=[F_PAYLOAD]
+        )
+        return {str(row[F_ID]): str(row[F_PAYLOAD]) for row in rows}
+
+    def version_vectors(self, doc_id: str, version: int) -> tuple[list[str], np.ndarray]:
+        """(chunk ids, their dense vectors as float32 rows) of one version of a document, for
+        the in-memory dense index. Paged: Lite answers large results slowly."""
+        expr = f'{F_DOC} == "{check_doc_id(doc_id)}" and {F_VERSION} == {check_version(version)}'
+        ids: list[str] = []
+        vectors: list[Any] = []
+        for row in self._scan(expr, [F_ID, F_DENSE], batch=_VECTOR_BATCH):
+            ids.append(str(row[F_ID]))
+            vectors.append(row[F_DENSE])
+        matrix = np.asarray(vectors, dtype=np.float32).reshape(len(ids), self.meta.dimension)
+        return ids, matrix
+
     def count(self, doc_id: str | None = None, version: int | None = None) -> int:
         """Rows visible now (deleted rows excluded), of one document (and version) if given.
         Unlike a search, query or scan, which show one row per chunk id, this counts a chunk
@@ -344,10 +374,12 @@ class ChunkStore:
         rows = self._scan(f"{F_VERSION} >= 0", [F_ID, F_DOC, F_VERSION])
         return [(str(r[F_ID]), str(r[F_DOC]), int(r[F_VERSION])) for r in rows]
 
-    def _scan(self, expr: str, fields: list[str]) -> Iterator[dict[str, Any]]:
+    def _scan(
+        self, expr: str, fields: list[str], batch: int = _ITER_BATCH
+    ) -> Iterator[dict[str, Any]]:
         """Every matching row, page by page (a plain query stops at 16,384 rows)."""
         iterator = self._call(
-            "query_iterator", self.name, batch_size=_ITER_BATCH, filter=expr, output_fields=fields
+            "query_iterator", self.name, batch_size=batch, filter=expr, output_fields=fields
         )
         try:
             while page := self._guarded(iterator.next):

@@ -1,10 +1,11 @@
 """Retrieval: the passages one user may see, best first.
 
-query → embedding + keyed BM25 terms → Milvus dense and sparse searches, both filtered by the
-user's groups → fusion that knows when a retriever cannot be trusted → decrypt only the passages
-returned. Group filtering happens in Milvus *and* again here, and every hit must belong to the
-current version of an indexed document (a deleted or replaced document never comes back, even if
-Milvus has not caught up yet).
+query → embedding + keyed BM25 terms → dense and sparse searches, both filtered by the user's
+groups (dense in memory while `appliance.rag.dense_memory` is current, else in Milvus) → fusion
+that knows when a retriever cannot be trusted → decrypt only the passages returned. Group
+filtering happens in the searches *and* again here, and every hit must belong to the current
+version of an indexed document (a deleted or replaced document never comes back, even if Milvus
+has not caught up yet).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ingest.sparse import TermHasher, analyze, query_vector
 from ingest.store import ChunkStore, Hit
 from secure.records import RecordCipher
 
+from .dense_memory import DenseMemory
 from .fuse import DEFAULT_FUSION, Fused, FusionPolicy, Ranked, Trust, fuse, fuse_lists
 
 Mode = Literal["hybrid", "dense", "sparse"]
@@ -82,11 +84,12 @@ class Retriever:
         candidates: int = 100,
         analyzer: Callable[[str], list[str]] = analyze,
         fusion: FusionPolicy = DEFAULT_FUSION,
+        memory: DenseMemory | None = None,
     ) -> None:
         self.store, self.embedder, self.registry = store, embedder, registry
         self.hasher, self.cipher, self.analyzer = hasher, cipher, analyzer
         self.embedder_languages, self.candidates = embedder_languages, candidates
-        self.fusion = fusion
+        self.fusion, self.memory = fusion, memory
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bm25")
 
     def search(
@@ -157,6 +160,10 @@ class Retriever:
 
     def _dense(self, query: str, groups: Sequence[str], depth: int) -> list[Hit]:
         vector = self.embedder.embed_query(query)
+        if self.memory is not None:
+            hits = self.memory.search(vector, groups=groups, limit=depth)
+            if hits is not None:
+                return hits
         return self.store.search_dense(vector, groups=groups, limit=depth)
 
     def _sparse(self, query: str, groups: Sequence[str], depth: int) -> list[Hit]:
@@ -178,20 +185,26 @@ class Retriever:
     ) -> list[Passage]:
         candidates = [hits[item.id] for item in fused]
         docs = self.registry.get_many(h.doc_id for h in candidates)
-        out: list[Passage] = []
+        kept: list[tuple[Fused, Hit, Document]] = []
         for item, hit in zip(fused, candidates, strict=True):
             doc = docs.get(hit.doc_id)
             if doc is None or doc.status != "indexed" or doc.version != hit.version:
                 continue  # deleted document or a replaced version Milvus still holds
             if not groups & set(hit.groups) or doc.group not in groups:
                 continue  # never another group's chunk, even if the filter were wrong
-            out.append(self._passage(hit, item, doc))
-            if len(out) == limit:
+            kept.append((item, hit, doc))
+            if len(kept) == limit:
                 break
-        return out
+        # hits from the in-memory dense index carry no payload: one query for those kept
+        payloads = self.store.payloads([hit.id for _, hit, _ in kept if not hit.payload])
+        return [
+            self._passage(hit, item, doc, payloads.get(hit.id, hit.payload))
+            for item, hit, doc in kept
+            if hit.payload or hit.id in payloads  # a row deleted since the search: skipped
+        ]
 
-    def _passage(self, hit: Hit, item: Fused, doc: Document) -> Passage:
-        body = open_passage(self.cipher, hit.id, hit.payload)
+    def _passage(self, hit: Hit, item: Fused, doc: Document, payload: str) -> Passage:
+        body = open_passage(self.cipher, hit.id, payload)
         return Passage(
             chunk_id=hit.id,
             doc_id=hit.doc_id,
