@@ -30,6 +30,7 @@ from secure.vault import DocumentVault, open_collection_key
 
 from .config import Settings
 from .errors import ConfigError
+from .rag.dense_memory import DenseMemory
 from .rag.retrieve import Retriever
 from .wiring import dense_index, fusion_policy
 
@@ -153,6 +154,25 @@ class Knowledge:
         )
 
     @cached_property
+    def dense_memory(self) -> DenseMemory | None:
+        """The in-memory dense index when `retrieval.dense_memory` asks for one (not loaded
+        until :meth:`start_dense_memory`: one-shot commands search Milvus)."""
+        r = self.settings.retrieval
+        lite = "://" not in self.settings.milvus_uri
+        if r.dense_memory == "off" or (r.dense_memory == "auto" and not lite):
+            return None
+        return DenseMemory(self.store, self.registry, max_bytes=r.dense_memory_mb * 2**20)
+
+    def start_dense_memory(self) -> None:
+        """Load the in-memory dense index in the background (long-running servers)."""
+        if self.dense_memory is not None:
+            self.dense_memory.start()
+
+    def close_dense_memory(self) -> None:
+        if "dense_memory" in self.__dict__ and self.dense_memory is not None:
+            self.dense_memory.close()
+
+    @cached_property
     def retriever(self) -> Retriever:
         return Retriever(
             store=self.store,
@@ -163,6 +183,7 @@ class Knowledge:
             embedder_languages=self.embedder.info.languages,
             candidates=self.settings.retrieval.candidates,
             fusion=fusion_policy(self.settings),
+            memory=self.dense_memory,
         )
 
 

@@ -83,6 +83,7 @@ def _service(sv: dict[str, Any]) -> list[str]:
     out = [
         f"milvus     {m['kind']} {m['uri']} [{m['collection']}]: {reach}{detail} {note}".rstrip()
     ]
+    out.append(_dense_memory_line(sv["dense_memory"]))
     if sv["documents"]:
         d = sv["documents"]
         out.append(
@@ -191,3 +192,12 @@ def _ms(v: float | None) -> str:
 
 def _rate(v: float | None) -> str:
     return "" if not v else f"{v:.1f} tok/s"
+
+
+def _dense_memory_line(m: dict[str, Any]) -> str:
+    if m.get("state") != "ready":
+        return f"dense mem  {m.get('state')}: {m.get('reason', '')}".rstrip(": ")
+    return (
+        f"dense mem  ready, {m['rows']} chunks in {m['mb']} MB (of {m['max_mb']} MB); "
+        f"{m['searches']} searches, {m['fallbacks']} sent to Milvus while it caught up"
+    )

@@ -53,6 +53,22 @@ def milvus_status(settings: Any, knowledge: Any, serve: Heartbeat) -> dict[str, 
     return {**base, **milvus_reading(knowledge)}
 
 
+def dense_memory_status(settings: Any, knowledge: Any, serve: Heartbeat) -> dict[str, Any]:
+    """The in-memory dense index (`retrieval.dense_memory`): it lives in the server, so another
+    process reads it from the server's heartbeat."""
+    mode = settings.retrieval.dense_memory
+    if mode == "off" or (mode == "auto" and "://" in settings.milvus_uri):
+        return {"state": "off", "reason": f"retrieval.dense_memory = {mode}"}
+    memory = getattr(knowledge, "__dict__", {}).get("dense_memory")
+    if memory is not None and memory.status()["state"] != "not started":
+        return dict(memory.status())
+    if serve.alive and serve.pid != os.getpid():
+        held = serve.info.get("dense_memory")
+        if isinstance(held, dict):
+            return {**held, "source": f"server heartbeat (pid {serve.pid})"}
+    return {"state": "not loaded", "reason": "`appliance serve` loads it at start"}
+
+
 def milvus_reading(knowledge: Any) -> dict[str, Any]:
     """Reachable, its row count and whether that agrees with the registry (a Milvus data
     directory restored from an older backup does not); the error when it does not answer."""

@@ -19,6 +19,7 @@ from .components import component_level
 from .runtime_state import DEFAULT_MAX_AGE_S, ROLES, Heartbeat, read
 from .services import (
     audit_status,
+    dense_memory_status,
     documents_status,
     ingestion_status,
     milvus_reading,
@@ -56,6 +57,7 @@ def collect_status(
         loaded = loaded_from(beats["serve"])
     service = {
         "milvus": milvus_status(settings, knowledge, beats["serve"]),
+        "dense_memory": dense_memory_status(settings, knowledge, beats["serve"]),
         "documents": documents_status(knowledge),
         "ingestion": ingestion_status(settings, _watcher(beats)),
         "models": model_entries(app, now=now, loaded=loaded, verify=verify_models),
@@ -202,6 +204,9 @@ def _warnings(levels: dict[str, Any]) -> list[dict[str, str]]:
     disagrees = levels["service"]["milvus"].get("disagrees")
     if disagrees:
         found.append(_p("service", "warning", "INDEX_DISAGREES", disagrees))
+    memory = levels["service"].get("dense_memory", {})
+    if memory.get("state") in ("over budget", "waiting"):
+        found.append(_p("service", "warning", "DENSE_MEMORY_OFF", memory.get("reason", "")))
     for m in levels["service"]["models"]:
         if m["state"] == "locked":
             found.append(
@@ -254,6 +259,9 @@ def server_info(runtime: Any) -> dict[str, Any]:
     cache = getattr(getattr(runtime, "extras", {}).get("ui"), "cache", None)
     if cache is not None:
         info["ui_cache"] = cache.info()  # where the web UI keeps uploads (memory or disk)
+    memory = getattr(runtime.knowledge, "dense_memory", None)
+    if memory is not None:
+        info["dense_memory"] = memory.status()
     info["milvus"] = milvus_reading(runtime.knowledge)
     if "error" in info["milvus"]:
         info["milvus"]["error"] = info["milvus"]["error"][:300]

@@ -105,6 +105,7 @@ class Runtime:
         settings = app.settings
         knowledge = knowledge or Knowledge(settings, app.secure)
         knowledge.retriever  # noqa: B018 - open the embedder and Milvus before any model
+        knowledge.start_dense_memory()
         metrics = Metrics()
         task_store = TaskStore.for_settings(settings)
         models = ModelManager(
@@ -145,6 +146,7 @@ class Runtime:
             if callable(closer):
                 closer()
         self.models.close()
+        self.knowledge.close_dense_memory()
         self.task_store.close()
 
 

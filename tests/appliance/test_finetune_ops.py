@@ -111,6 +111,7 @@ def _status_with(task: dict[str, object]) -> dict[str, object]:
         },
         "service": {
             "milvus": {"kind": "lite", "uri": "x", "collection": "c", "reachable": True},
+            "dense_memory": {"state": "not loaded", "reason": "not serving"},
             "documents": None,
             "ingestion": {
                 "watcher": {"alive": False, "reason": "not running"},

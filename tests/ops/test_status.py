@@ -53,6 +53,8 @@ def test_service_levels_are_real(ops_home: OpsHome, tmp_path: Path, milvus_kind:
     assert s["service"]["audit"]["writable"] is True
     assert s["service"]["documents"] == {"indexed": 0, "failed": 0, "indexing": 0}
     assert s["service"]["tls"]["configured"] is False
+    memory = s["service"]["dense_memory"]  # lives in the server, which is not running
+    assert memory["state"] == ("not loaded" if milvus_kind == "lite" else "off")
     disks = {d["name"]: d for d in s["component"]["disks"]}
     if milvus_kind == "lite":  # the Lite file is in the home; a server keeps its own disk
         assert set(disks) == {"home", "drop", "vault", "milvus"}
@@ -157,3 +159,18 @@ def test_a_server_watching_the_drop_folder_counts_as_the_watcher() -> None:
     assert _watcher({"watch": gone, "serve": not_watching}) is gone
     alive = Heartbeat("watch", True, "", pid=7)
     assert _watcher({"watch": alive, "serve": serving}) is alive
+
+
+@lite_only
+def test_the_servers_dense_memory_index_is_reported(ops_home: OpsHome, tmp_path: Path) -> None:
+    knowledge = ops_home.knowledge
+    knowledge.start_dense_memory()
+    try:
+        assert knowledge.dense_memory is not None and knowledge.dense_memory.wait_ready()
+        s = _status(ops_home, TaskStore(tmp_path / "tasks.db"))
+        memory = s["service"]["dense_memory"]
+        assert memory["state"] == "ready" and memory["rows"] == 0
+        assert memory["max_mb"] == ops_home.settings.retrieval.dense_memory_mb
+        assert "dense mem  ready, 0 chunks in " in render_status(s)
+    finally:
+        knowledge.close_dense_memory()
