@@ -34,6 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +44,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from appliance.rag.beir import load_beir  # noqa: E402
+from appliance.rag.dense_memory import DenseMemory  # noqa: E402
 from appliance.rag.metrics import summarise  # noqa: E402
-from ingest.schema import ChunkRecord, DenseIndex, PassageText, seal_passage  # noqa: E402
+from ingest.bm25_stats import TermCounts  # noqa: E402
+from ingest.registry import Registry  # noqa: E402
+from ingest.schema import ChunkRecord, DenseIndex, Hit, PassageText, seal_passage  # noqa: E402
 from ingest.store import ChunkStore  # noqa: E402
 from secure.records import RecordCipher  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 SETS = ("msmarco-subset", "dbpedia-subset", "squad2-train-subset/beir")
 GROUP = "bench"
+MEMORY = "memory (retrieval.dense_memory: float16 scan, exact rescoring)"
 INDEXES = (
     DenseIndex("FLAT"),
     DenseIndex("AUTOINDEX"),
@@ -94,17 +99,44 @@ def vectors(real: np.ndarray, n: int, shape: str, rng: np.random.Generator) -> n
     return np.concatenate([real, out]).astype(np.float32)
 
 
-def fill(store: ChunkStore, matrix: np.ndarray, texts: list[str]) -> None:
+def register(registry: Registry, n: int) -> list[tuple[str, int]]:
+    """(doc id, version) for ``n`` chunks, 100 per document, begun in the registry."""
+    docs = []
+    for d in range((n + 99) // 100):
+        doc = registry.begin_version(
+            source="bench", rel_path=f"doc-{d}", group=GROUP, content_hmac=f"{d:064x}",
+            size=1, fmt=".txt",
+        )  # fmt: skip
+        docs.append(doc)
+    return docs
+
+
+def commit(registry: Registry, docs: list[tuple[str, int]], n: int) -> None:
+    """Make the chunks searchable, as the pipeline does once they are in Milvus."""
+    for d, (doc_id, version) in enumerate(docs):
+        chunks = min(100, n - 100 * d)
+        registry.commit_version(
+            doc_id, version, counts=TermCounts(chunks, chunks, {}), pages=1, title_enc="", size=1,
+            fmt=".txt",
+        )  # fmt: skip
+
+
+def chunk_ids(docs: list[tuple[str, int]], n: int) -> list[str]:
+    return [f"{docs[i // 100][0]}:{docs[i // 100][1]}:{i % 100}" for i in range(n)]
+
+
+def fill(store: ChunkStore, matrix: np.ndarray, texts: list[str], ids: list[str]) -> None:
     cipher = RecordCipher(os.urandom(32), context="bench")
     batch = []
     for i, vec in enumerate(matrix):
-        cid = f"d{i // 100}:1:{i % 100}"
+        cid = ids[i]
+        doc_id, version, _ = cid.split(":")
         body = PassageText(texts[i % len(texts)])
         batch.append(
             ChunkRecord(
                 id=cid,
-                doc_id=f"d{i // 100}",
-                version=1,
+                doc_id=doc_id,
+                version=int(version),
                 groups=(GROUP,),
                 page=-1,
                 kind="text",
@@ -122,17 +154,32 @@ def fill(store: ChunkStore, matrix: np.ndarray, texts: list[str]) -> None:
     store.flush()
 
 
-def measure(
-    store: ChunkStore, queries: np.ndarray, truth: list[set[str]], ids: list[str]
-) -> dict[str, Any]:
+Search = Callable[[np.ndarray, int], list[Hit]]
+
+
+def store_search(store: ChunkStore) -> Search:
+    return lambda q, limit: store.search_dense(q, groups=[GROUP], limit=limit)
+
+
+def memory_search(memory: DenseMemory) -> Search:
+    def search(q: np.ndarray, limit: int) -> list[Hit]:
+        hits = memory.search(q, groups=[GROUP], limit=limit)
+        if hits is None:
+            raise RuntimeError(f"the in-memory index is not current: {memory.status()}")
+        return hits
+
+    return search
+
+
+def measure(search: Search, queries: np.ndarray, truth: list[set[str]]) -> dict[str, Any]:
     recalls, recalls100, lat10, lat100 = [], [], [], []
     for q, exact in zip(queries, truth, strict=True):
         t0 = time.perf_counter()
-        hits = store.search_dense(q, groups=[GROUP], limit=10)
+        hits = search(q, 10)
         lat10.append((time.perf_counter() - t0) * 1e3)
         recalls.append(len({h.id for h in hits} & exact) / 10)
         t0 = time.perf_counter()
-        hits = store.search_dense(q, groups=[GROUP], limit=100)
+        hits = search(q, 100)
         lat100.append((time.perf_counter() - t0) * 1e3)
         best = sorted(hits, key=lambda h: -h.score)[:10]
         recalls100.append(len({h.id for h in best} & exact) / 10)
@@ -149,15 +196,40 @@ def measure(
     }
 
 
-def self_found(store: ChunkStore, matrix: np.ndarray, ids: list[str], probes: int = 400) -> float:
+def self_found(search: Search, matrix: np.ndarray, ids: list[str], probes: int = 400) -> float:
     """Share of sampled stored rows that a search with their own vector returns first: below 1,
     some rows are not searched at all (as opposed to approximate neighbours)."""
     picked = np.random.default_rng(1).choice(len(matrix), min(probes, len(matrix)), replace=False)
     found = 0
     for i in picked:
-        hits = store.search_dense(matrix[i], groups=[GROUP], limit=10)
+        hits = search(matrix[i], 10)
         found += bool(hits) and hits[0].id == ids[i]
     return round(found / len(picked), 4)
+
+
+def memory_row(
+    store: ChunkStore,
+    registry: Registry,
+    queries: np.ndarray,
+    truth: list[set[str]],
+    matrix: np.ndarray,
+    ids: list[str],
+) -> dict[str, Any]:
+    """The in-memory dense index (`retrieval.dense_memory`) over the FLAT collection."""
+    memory = DenseMemory(store, registry, max_bytes=4 << 30, poll_s=3600)
+    t0 = time.perf_counter()
+    memory.start()
+    try:
+        if not memory.wait_ready(timeout=1800):
+            raise RuntimeError(f"the in-memory index did not load: {memory.status()}")
+        load_s = time.perf_counter() - t0
+        row = measure(memory_search(memory), queries, truth)
+        row["self_found"] = self_found(memory_search(memory), matrix, ids)
+        row["load_s"] = round(load_s, 1)
+        row["memory_mb"] = memory.status()["mb"]
+        return row
+    finally:
+        memory.close()
 
 
 def main() -> None:
@@ -168,7 +240,10 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--shape", choices=("mixtures", "near-duplicates"), default="mixtures")
     parser.add_argument(
-        "--indexes", default="", help="comma-separated index types to measure (default: all)"
+        "--indexes",
+        default="",
+        help="comma-separated index types to measure, 'memory' for the in-memory dense index "
+        "(default: all)",
     )
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/bench-cache/dense-index"))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dense_index.json")
@@ -182,25 +257,32 @@ def main() -> None:
     real = cached_embeddings(embedder, texts, args.cache_dir, "passages")
     queries = cached_embeddings(embedder, query_texts, args.cache_dir, "queries")
     matrix = vectors(real, args.chunks, args.shape, rng)
-    ids = [f"d{i // 100}:1:{i % 100}" for i in range(len(matrix))]
+    workdir = Path(tempfile.mkdtemp(prefix="kapp-idx-"))
+    registry = Registry(workdir / "registry.db", durable=False)
+    docs = register(registry, len(matrix))
+    ids = chunk_ids(docs, len(matrix))
     top = np.argsort(-(queries @ matrix.T), axis=1)[:, :10]
     truth = [{ids[i] for i in row} for row in top]
-    workdir = Path(tempfile.mkdtemp(prefix="kapp-idx-"))
     results: dict[str, Any] = {}
     try:
         uri = str(workdir / "milvus.db")
         dim, model = embedder.info.dimension, embedder.info.model_id
         t0 = time.perf_counter()
         with ChunkStore.open(uri, dim=dim, model_id=model, dense_index=INDEXES[0]) as store:
-            fill(store, matrix, texts)
+            fill(store, matrix, texts, ids)
+        commit(registry, docs, len(matrix))
         insert_s = time.perf_counter() - t0
         wanted = {k for k in args.indexes.split(",") if k}
+        if not wanted or "memory" in wanted:
+            with ChunkStore.open(uri, dim=dim, model_id=model, dense_index=INDEXES[0]) as store:
+                results[MEMORY] = memory_row(store, registry, queries, truth, matrix, ids)
+            print(MEMORY, json.dumps(results[MEMORY]), flush=True)
         for index in [i for i in INDEXES if not wanted or i.kind in wanted]:
             t0 = time.perf_counter()
             with ChunkStore.open(uri, dim=dim, model_id=model, dense_index=index) as store:
                 open_s = time.perf_counter() - t0
-                row = measure(store, queries, truth, ids)
-                row["self_found"] = self_found(store, matrix, ids)
+                row = measure(store_search(store), queries, truth)
+                row["self_found"] = self_found(store_search(store), matrix, ids)
                 row["open_s"] = round(open_s, 1)
                 row["rebuilt_from"] = store.rebuilt_from
                 row["milvus_describes"] = {

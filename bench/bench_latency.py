@@ -10,6 +10,11 @@ statistics are kept per group and summed over the reader's groups at query time)
 index is the default one (`milvus.index_type`) unless ``--index-type`` and its parameters say
 otherwise; the retriever fetches ``retrieval.candidates`` (100) hits from each list and fuses
 them with the default fusion.
+
+Two dense paths, alternating query by query in the same run: ``milvus`` (Milvus searches every
+question: `retrieval.dense_memory = "off"`) and ``memory`` (the in-memory exact dense index, the
+default with Milvus Lite, loaded before timing starts). The goal (hybrid p95 <= 30 ms) is judged
+on the default path; ``hybrid_p95_ratio_memory_to_milvus`` is the ratio of the two.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from appliance.rag.beir import load_beir  # noqa: E402
+from appliance.rag.dense_memory import DenseMemory  # noqa: E402
 from appliance.rag.metrics import summarise  # noqa: E402
 from appliance.rag.retrieve import Retriever  # noqa: E402
 from ingest.bm25_stats import TermCounts  # noqa: E402
@@ -87,7 +94,9 @@ def build(
         )
         dense = rng.standard_normal((per_doc, embedder.info.dimension)).astype(np.float32)
         dense /= np.linalg.norm(dense, axis=1, keepdims=True)
-        records, df, total = [], {}, 0
+        records: list[ChunkRecord] = []
+        df: dict[int, int] = {}
+        total = 0
         for i in range(per_doc):
             j = (d * per_doc + i) % len(texts)
             tf, cid = tfs[j], f"{doc_id}:{version}:{i}"
@@ -131,6 +140,29 @@ def build(
     )
 
 
+class _Run:
+    """Latencies of one path (Milvus alone, or the in-memory dense index) for one mode."""
+
+    def __init__(self) -> None:
+        self.totals: list[float] = []
+        self.parts: dict[str, list[float]] = {
+            k: [] for k in ("dense_ms", "sparse_ms", "fuse_ms", "decrypt_ms")
+        }
+
+    def search(self, retriever: Retriever, query: str, groups: list[str], mode: str) -> None:
+        start = time.perf_counter()
+        r = retriever.search(query, groups=groups, limit=8, mode=mode)  # type: ignore[arg-type]
+        self.totals.append((time.perf_counter() - start) * 1000)
+        for k, values in self.parts.items():
+            values.append(r.timings_ms.get(k, 0.0))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            **{k: round(v, 2) for k, v in summarise(self.totals).items()},
+            "parts_p50_ms": {k: round(summarise(v)["p50_ms"], 2) for k, v in self.parts.items()},
+        }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--chunks", type=int, default=100_000)
@@ -153,21 +185,28 @@ def main() -> None:
         queries = list(load_beir(DATA).queries.values())
         random.Random(0).shuffle(queries)
         sample = (queries * (args.queries // len(queries) + 1))[: args.queries]
+        memory = DenseMemory(retriever.store, retriever.registry, max_bytes=4 << 30, poll_s=3600)
+        t0 = time.perf_counter()
+        memory.start()
+        if not memory.wait_ready(timeout=1800):
+            raise SystemExit(f"the in-memory dense index did not load: {memory.status()}")
+        memory_load_s = time.perf_counter() - t0
+        paths = {"milvus": None, "memory": memory}  # retrieval.dense_memory off / on
         for q in sample[:10]:  # warm-up
-            retriever.search(q, groups=groups, limit=8)
-        results = {}
+            for path in paths.values():
+                retriever.memory = path
+                retriever.search(q, groups=groups, limit=8)
+        results: dict[str, dict[str, Any]] = {name: {} for name in paths}
         for mode in ("hybrid", "dense", "sparse"):
-            totals, parts = [], {"dense_ms": [], "sparse_ms": [], "fuse_ms": [], "decrypt_ms": []}
-            for q in sample:
-                start = time.perf_counter()
-                r = retriever.search(q, groups=groups, limit=8, mode=mode)  # type: ignore[arg-type]
-                totals.append((time.perf_counter() - start) * 1000)
-                for k in parts:
-                    parts[k].append(r.timings_ms.get(k, 0.0))
-            results[mode] = {
-                **{k: round(v, 2) for k, v in summarise(totals).items()},
-                "parts_p50_ms": {k: round(summarise(v)["p50_ms"], 2) for k, v in parts.items()},
-            }
+            runs = {name: _Run() for name in paths}
+            for i, q in enumerate(sample):  # the two paths alternate, query by query
+                for name in list(paths)[:: 1 if i % 2 else -1]:
+                    retriever.memory = paths[name]
+                    runs[name].search(retriever, q, groups, mode)
+            for name, run in runs.items():
+                results[name][mode] = run.summary()
+        assert memory.status()["fallbacks"] == 0, memory.status()
+        memory.close()
         t_embed = []
         for q in sample:
             s = time.perf_counter()
@@ -183,9 +222,13 @@ def main() -> None:
             "load_avg_before": load_before,
             "build_seconds": round(build_s, 1),
             "results": results,
+            "hybrid_p95_ratio_memory_to_milvus": round(
+                results["memory"]["hybrid"]["p95_ms"] / results["milvus"]["hybrid"]["p95_ms"], 3
+            ),
+            "dense_memory_load_s": round(memory_load_s, 1),
             "query_embedding": {k: round(v, 2) for k, v in summarise(t_embed).items()},
             "goal_p95_ms": 30.0,
-            "meets_goal": results["hybrid"]["p95_ms"] <= 30.0,
+            "meets_goal": results["memory"]["hybrid"]["p95_ms"] <= 30.0,
             "cpu_count": os.cpu_count(),
             "load_avg": os.getloadavg(),
             "python": platform.python_version(),
