@@ -31,6 +31,7 @@ from ingest.schema import open_passage
 from secure.keys import LABEL_CONTENT_HMAC
 
 from .errors import Forbidden
+from .rag.passage_fields import PassageFields
 from .users import User
 
 if TYPE_CHECKING:
@@ -41,18 +42,9 @@ _DOC_ID = re.compile(r"[A-Za-z0-9._-]{1,256}")
 
 
 @dataclass(frozen=True)
-class SourceView:
+class SourceView(PassageFields):
     """One passage a user may see, as the sources panel shows it."""
 
-    chunk_id: str
-    doc_id: str
-    document: str
-    group: str
-    title: str
-    section: tuple[str, ...]
-    page_start: int | None
-    page_end: int | None
-    text: str
     downloadable: bool
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .passage_fields import PassageFields
 from .retrieve import Passage
 
 SNIPPET_CHARS = 300
@@ -16,17 +17,10 @@ Mode = Literal["generative", "extractive"]
 
 
 @dataclass(frozen=True)
-class Source:
+class Source(PassageFields):
+    """An answer's source ``[n]``: the passage and a short snippet of it for the sources panel."""
+
     n: int
-    chunk_id: str
-    doc_id: str
-    document: str
-    group: str
-    title: str
-    section: tuple[str, ...]
-    page_start: int | None
-    page_end: int | None
-    text: str
     snippet: str
     score: float
 
@@ -35,36 +29,12 @@ class Source:
         snippet = " ".join(p.text.split())
         if len(snippet) > SNIPPET_CHARS:
             snippet = snippet[: SNIPPET_CHARS - 1].rstrip() + "…"
-        return cls(
-            n=n,
-            chunk_id=p.chunk_id,
-            doc_id=p.doc_id,
-            document=p.document,
-            group=p.group,
-            title=p.title,
-            section=p.section,
-            page_start=p.page_start,
-            page_end=p.page_end,
-            text=p.text,
-            snippet=snippet,
-            score=p.score,
-        )
+        return cls(n=n, snippet=snippet, score=p.score, **p.passage_fields())
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "n": self.n,
-            "chunk_id": self.chunk_id,
-            "doc_id": self.doc_id,
-            "document": self.document,
-            "group": self.group,
-            "title": self.title,
-            "section": list(self.section),
-            "page_start": self.page_start,
-            "page_end": self.page_end,
-            "snippet": self.snippet,
-            "text": self.text,
-            "score": round(self.score, 6),
-        }
+        out = {"n": self.n, **self.fields_dict()}
+        text = out.pop("text")  # keys in the order clients have always seen
+        return out | {"snippet": self.snippet, "text": text, "score": round(self.score, 6)}
 
 
 @dataclass

@@ -24,6 +24,7 @@ from secure.records import RecordCipher
 
 from .dense_memory import DenseMemory
 from .fuse import DEFAULT_FUSION, Fused, FusionPolicy, Ranked, Trust, fuse, fuse_lists
+from .passage_fields import PassageFields
 
 Mode = Literal["hybrid", "dense", "sparse"]
 
@@ -33,31 +34,15 @@ class QueryEmbedder(Protocol):
 
 
 @dataclass(frozen=True)
-class Passage:
-    chunk_id: str
-    doc_id: str
-    document: str  # display name: the path below the drop folder
-    group: str
-    title: str
-    section: tuple[str, ...]
-    page_start: int | None
-    page_end: int | None
-    text: str
+class Passage(PassageFields):
+    """A passage the retriever returns, with its fused score and each retriever's rank."""
+
     score: float
     dense_rank: int | None = None
     sparse_rank: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "chunk_id": self.chunk_id,
-            "doc_id": self.doc_id,
-            "document": self.document,
-            "group": self.group,
-            "title": self.title,
-            "section": list(self.section),
-            "page_start": self.page_start,
-            "page_end": self.page_end,
-            "text": self.text,
+        return self.fields_dict() | {
             "score": round(self.score, 6),
             "dense_rank": self.dense_rank,
             "sparse_rank": self.sparse_rank,
