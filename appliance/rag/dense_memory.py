@@ -40,6 +40,7 @@ from ingest.errors import IngestError
 from ingest.registry import Registry
 from ingest.schema import Hit
 from ingest.store import ChunkStore
+from ingest.threads import torch_threads, use_threads
 
 __all__ = ["DenseMemory", "scan_error_bound"]
 
@@ -210,15 +211,23 @@ class DenseMemory:
             self.fallbacks += 1
             self._wake.set()
             return None
-        self.searches += 1
         codes = sorted({view.codes[g] for g in groups if g in view.codes})
         if not codes or limit < 1:
+            self.searches += 1
             return []
+        with torch_threads(1):  # a request thread, like the query's embedding (ingest.threads)
+            found = self._scan(view, vector, codes, limit)
+        if found is None:
+            self.fallbacks += 1  # float16 would overflow: unnormalised vectors, ask Milvus
+        else:
+            self.searches += 1
+        return found
+
+    def _scan(self, view: _View, vector: Any, codes: list[int], limit: int) -> list[Hit] | None:
         query = torch.as_tensor(np.asarray(vector, dtype=np.float32).reshape(-1))
         if query.numel() != self._dim:
             raise ValueError(f"Expected a {self._dim}-d query vector, got {query.numel()}.")
         if float(query.norm()) * view.max_norm > _MAX_SCORE:
-            self.fallbacks += 1  # float16 would overflow: unnormalised vectors, ask Milvus
             return None
         allowed = torch.zeros(max(view.codes.values()) + 1, dtype=torch.bool)
         allowed[codes] = True
@@ -233,6 +242,7 @@ class DenseMemory:
     # -- sync -------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        use_threads(1)  # no OpenMP team in a thread that lives as long as the server
         backoff = 0.0
         while not self._stop.is_set():
             try:

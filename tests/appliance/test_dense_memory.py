@@ -251,3 +251,16 @@ def test_a_milvus_failure_while_catching_up_leaves_searches_with_milvus(
     status = memory.status()
     assert status["state"] == "waiting" and "closed" in status["reason"]
     assert len(caplog.records) <= 2  # retried after a pause, not once per question
+
+
+def test_vectors_too_long_for_float16_are_searched_in_milvus(
+    filled: Base, memory: DenseMemory
+) -> None:
+    big = filled.vectors(3) * 400  # an unnormalised embedder: scores past float16's range
+    filled.index("big.txt", "hr", big)
+    assert memory.wait_ready()
+    before = memory.status()["fallbacks"]
+    assert memory.search(big[0], groups=["hr"], limit=3) is None
+    assert memory.status()["fallbacks"] == before + 1
+    hits = filled.store.search_dense(big[0], groups=["hr"], limit=1)
+    assert hits[0].id.endswith(":0")  # Milvus still finds it
