@@ -13,6 +13,9 @@ the registry cannot confirm a guessed document; document titles are stored encry
 A failure is stored as a reason code and its generic message (`ingest.reasons`); the parser's own
 message, which can quote the document or name a server path, only sealed by the caller
 (``error_detail``).
+
+The schema and the row types are in `ingest.registry_rows`, the ingestion job log in
+`ingest.registry_jobs`.
 """
 
 from __future__ import annotations
@@ -22,120 +25,20 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from . import bm25_stats
 from .bm25_stats import TermCounts
 from .errors import IngestError
 from .reasons import reason_message
+from .registry_jobs import JobLog
+from .registry_rows import SCHEMA_SQL, SCHEMA_VERSION, Document, Unfinished
 from .registry_upgrade import upgrade
 
-SCHEMA_VERSION = 2  # 2: error_detail (sealed); error holds the generic message only
-STATUSES = ("indexing", "indexed", "failed", "deleted")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS documents (
-    doc_id TEXT PRIMARY KEY,
-    source TEXT NOT NULL,              -- 'inbox' | 'mirror' | 'upload' | 'eval'
-    rel_path TEXT NOT NULL,            -- path below the drop folder, e.g. finance/q3.xlsx
-    group_name TEXT NOT NULL,
-    status TEXT NOT NULL,
-    current_version INTEGER NOT NULL DEFAULT 0,
-    content_hmac TEXT,
-    size INTEGER NOT NULL DEFAULT 0,
-    format TEXT NOT NULL DEFAULT '',
-    pages INTEGER NOT NULL DEFAULT 0,
-    chunks INTEGER NOT NULL DEFAULT 0,
-    title_enc TEXT NOT NULL DEFAULT '',
-    vault_id TEXT NOT NULL DEFAULT '',
-    error_code TEXT NOT NULL DEFAULT '',
-    error TEXT NOT NULL DEFAULT '',    -- the generic message of error_code (ingest.reasons)
-    error_detail TEXT NOT NULL DEFAULT '',  -- the failure's own message, sealed by the caller
-    warnings TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    UNIQUE (source, rel_path)
-);
-CREATE TABLE IF NOT EXISTS versions (
-    doc_id TEXT NOT NULL REFERENCES documents(doc_id) ON DELETE CASCADE,
-    version INTEGER NOT NULL,
-    status TEXT NOT NULL,              -- 'indexing' | 'indexed' | 'superseded' | 'abandoned'
-    content_hmac TEXT NOT NULL,
-    vault_id TEXT NOT NULL DEFAULT '',
-    chunks INTEGER NOT NULL DEFAULT 0,
-    total_len INTEGER NOT NULL DEFAULT 0,
-    terms BLOB,                        -- packed (term id, chunks containing it) pairs
-    created_at REAL NOT NULL,
-    PRIMARY KEY (doc_id, version)
-);
-CREATE TABLE IF NOT EXISTS jobs (
-    job_id TEXT PRIMARY KEY, kind TEXT NOT NULL, started_at REAL NOT NULL, finished_at REAL,
-    status TEXT NOT NULL, counts TEXT NOT NULL DEFAULT '{}');
-CREATE TABLE IF NOT EXISTS job_files (
-    job_id TEXT NOT NULL, doc_id TEXT, rel_path TEXT NOT NULL, outcome TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT '', stages TEXT NOT NULL DEFAULT '{}', at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS job_files_job ON job_files(job_id);
-"""
+__all__ = ["SCHEMA_VERSION", "Document", "Registry", "Unfinished"]
 
 
-@dataclass(frozen=True)
-class Document:
-    doc_id: str
-    source: str
-    rel_path: str
-    group: str
-    status: str
-    version: int
-    content_hmac: str | None
-    size: int
-    format: str
-    pages: int
-    chunks: int
-    title_enc: str
-    vault_id: str
-    error_code: str
-    error: str
-    error_detail: str
-    warnings: str
-    created_at: float
-    updated_at: float
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Document:
-        return cls(
-            doc_id=row["doc_id"],
-            source=row["source"],
-            rel_path=row["rel_path"],
-            group=row["group_name"],
-            status=row["status"],
-            version=row["current_version"],
-            content_hmac=row["content_hmac"],
-            size=row["size"],
-            format=row["format"],
-            pages=row["pages"],
-            chunks=row["chunks"],
-            title_enc=row["title_enc"],
-            vault_id=row["vault_id"],
-            error_code=row["error_code"],
-            error=row["error"],
-            error_detail=row["error_detail"],
-            warnings=row["warnings"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-        )
-
-
-@dataclass(frozen=True)
-class Unfinished:
-    doc_id: str
-    version: int
-    vault_id: str
-
-
-class Registry:
+class Registry(JobLog):
     """One SQLite file; each call uses a short connection, so threads may share the object."""
 
     def __init__(self, path: Path, *, durable: bool = True) -> None:
@@ -144,7 +47,7 @@ class Registry:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             found = upgrade(db, SCHEMA_VERSION)
-            db.executescript(_SCHEMA + bm25_stats.SCHEMA)
+            db.executescript(SCHEMA_SQL + bm25_stats.SCHEMA)
             if found is None:
                 db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             elif found != SCHEMA_VERSION:
@@ -481,56 +384,6 @@ class Registry:
         groups = sorted(set(groups))
         with self._db() as db:
             return bm25_stats.corpus(db, groups)[0], bm25_stats.frequencies(db, terms, groups)
-
-    # ----- jobs -------------------------------------------------------------------------------
-    def start_job(self, kind: str, *, now: float | None = None) -> str:
-        job_id = "job-" + uuid.uuid4().hex[:16]
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO jobs (job_id, kind, started_at, status) VALUES (?,?,?,?)",
-                (job_id, kind, now or time.time(), "running"),
-            )
-        return job_id
-
-    def record_file(
-        self,
-        job_id: str,
-        *,
-        rel_path: str,
-        doc_id: str | None,
-        outcome: str,
-        reason: str = "",
-        stages: str = "{}",
-        now: float | None = None,
-    ) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO job_files VALUES (?,?,?,?,?,?,?)",
-                (job_id, doc_id, rel_path, outcome, reason, stages, now or time.time()),
-            )
-
-    def finish_job(
-        self, job_id: str, *, status: str, counts: str, now: float | None = None
-    ) -> None:
-        with self._tx() as db:
-            db.execute(
-                "UPDATE jobs SET finished_at=?, status=?, counts=? WHERE job_id=?",
-                (now or time.time(), status, counts, job_id),
-            )
-
-    def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
-        with self._db() as db:
-            rows = db.execute(
-                "SELECT * FROM jobs ORDER BY started_at DESC LIMIT ?", (limit,)
-            ).fetchall()
-        return [dict(r) for r in rows]
-
-    def job_files(self, job_id: str) -> list[dict[str, Any]]:
-        with self._db() as db:
-            rows = db.execute(
-                "SELECT * FROM job_files WHERE job_id=? ORDER BY at", (job_id,)
-            ).fetchall()
-        return [dict(r) for r in rows]
 
 
 def _insert_document(
