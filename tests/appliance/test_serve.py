@@ -91,6 +91,17 @@ def test_generative_answer_uses_only_the_users_groups(runtime: object) -> None:
     assert not any("48,000" in s.text for s in other.sources)
 
 
+def test_the_server_answers_from_its_in_memory_dense_index_once_loaded(runtime: object) -> None:
+    rt = runtime
+    memory = rt.knowledge.dense_memory  # type: ignore[attr-defined]
+    assert memory is not None and memory.wait_ready(), memory.status()  # serve started it
+    before = memory.status()["searches"]
+    answer = rt.engine.answer("What is the travel budget?", user=_user(rt, "bob"))  # type: ignore[attr-defined]
+    assert any("48,000" in s.text for s in answer.sources)
+    assert all(s.group in ("finance", "public") for s in answer.sources)
+    assert memory.status()["searches"] == before + 1
+
+
 def test_an_answer_no_source_supports_is_flagged_as_not_found(world: World) -> None:
     """The tiny model's random text cites nothing and no source holds it: with
     ``answer.unsupported = "flag"`` the stream ends with the note and the outcome (returned and
