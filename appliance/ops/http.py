@@ -51,6 +51,9 @@ def refresh_gauges(runtime_like: Any) -> None:
     states = model_states(runtime_like)
     if states:
         runtime_like.metrics.set_models(states, now=time.time())
+    memory = getattr(getattr(runtime_like, "knowledge", None), "dense_memory", None)
+    if memory is not None and hasattr(runtime_like.metrics, "set_dense_memory"):
+        runtime_like.metrics.set_dense_memory(memory.status())
     app = getattr(runtime_like, "app", None)
     if app is not None and hasattr(runtime_like.metrics, "set_finetune"):
         jobs = finetune_jobs(app, limit=1)

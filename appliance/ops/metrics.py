@@ -36,6 +36,13 @@ FINETUNE_GAUGES = {
     "eta_seconds": "Estimated seconds until the running fine-tuning job finishes",
     "running": "1 while a process trains the newest fine-tuning job",
 }
+DENSE_MEMORY_GAUGES = {
+    "ready": "1 while the in-memory dense index answers dense searches (0: Milvus does)",
+    "rows": "Chunks in the in-memory dense index",
+    "bytes": "Memory the in-memory dense index holds",
+    "searches": "Dense searches the in-memory index answered since the server started",
+    "fallbacks": "Dense searches sent to Milvus while the in-memory index was behind or off",
+}
 _CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,47}")
 
 
@@ -125,6 +132,10 @@ class Metrics:
             key: Gauge(f"appliance_finetune_{key}", text, ["job", "state"], registry=r)
             for key, text in FINETUNE_GAUGES.items()
         }
+        self.dense_memory = {
+            key: Gauge(f"appliance_dense_memory_{key}", text, registry=r)
+            for key, text in DENSE_MEMORY_GAUGES.items()
+        }
         info = Gauge("appliance_build_info", "Version of the appliance", ["version"], registry=r)
         info.labels(__version__).set(1)
 
@@ -203,6 +214,20 @@ class Metrics:
         for key, value in values.items():
             if value is not None:
                 self.finetune[key].labels(*labels).set(float(value))
+
+    def set_dense_memory(self, status: dict[str, Any] | None) -> None:
+        """Gauges of the in-memory dense index (``DenseMemory.status()``; None: not in use)."""
+        if status is None:
+            return
+        values = {
+            "ready": 1 if status.get("state") == "ready" else 0,
+            "rows": status.get("rows", 0),
+            "bytes": float(status.get("mb", 0)) * 2**20,
+            "searches": status.get("searches", 0),
+            "fallbacks": status.get("fallbacks", 0),
+        }
+        for key, value in values.items():
+            self.dense_memory[key].set(float(value))
 
     def render(self) -> tuple[bytes, str]:
         """(Prometheus text exposition, its content type)."""

@@ -128,6 +128,27 @@ def test_metrics_show_the_questions_just_asked(ops_home: OpsHome, tmp_path: Path
     assert "zhang.wei" not in response.text and "salary" not in response.text
 
 
+@lite_only
+def test_metrics_show_the_in_memory_dense_index(ops_home: OpsHome, tmp_path: Path) -> None:
+    rt = _runtime(ops_home, tmp_path)
+    rt.knowledge.start_dense_memory()
+    try:
+        assert rt.knowledge.dense_memory.wait_ready()
+        dim = rt.knowledge.store.meta.dimension
+        rt.knowledge.dense_memory.search([1.0] * dim, groups=["hr"], limit=3)
+        families = {
+            f.name: f for f in text_string_to_metric_families(_client(rt).get("/metrics").text)
+        }
+        value = {
+            k: families[f"appliance_dense_memory_{k}"].samples[0].value
+            for k in ("ready", "rows", "searches", "fallbacks", "bytes")
+        }
+        assert value["ready"] == 1.0 and value["rows"] == 0.0 and value["searches"] == 1.0
+        assert value["fallbacks"] == 0.0 and value["bytes"] > 0
+    finally:
+        rt.knowledge.close_dense_memory()
+
+
 class _Server(uvicorn.Server):
     def install_signal_handlers(self) -> None:  # running in a thread
         pass
