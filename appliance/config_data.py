@@ -250,15 +250,15 @@ class RetrievalSettings(Section):
     )
     dense_memory: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="exact dense search in the server's memory, in front of Milvus (a float16 "
-        "copy of the vectors plus residuals, rescored exactly; never on disk): auto = with "
-        "Milvus Lite, whose exact FLAT search costs about 25 ms at 100k chunks; on = also with "
-        "a Milvus server; off = Milvus searches every question",
+        description="exact dense search in the server's memory, in front of Milvus (float16 "
+        "vectors plus residuals, rescored exactly, and the sealed passages; never on disk): "
+        "auto = with Milvus Lite, whose exact FLAT search costs about 25 ms at 100k chunks; on "
+        "= also with a Milvus server; off = Milvus searches every question",
     )
     dense_memory_mb: int = Field(
         1024,
         ge=1,
-        description="most memory (MB) the in-memory dense index may take: 4 bytes per vector "
-        "dimension per chunk (384-d: 1.5 KB, about 700,000 chunks in 1024 MB); above it "
-        "dense searches stay with Milvus",
+        description="most memory (MB) the in-memory dense index may take: per chunk 4 bytes "
+        "per vector dimension plus its sealed passage (384-d: about 3 KB, some 300,000 chunks "
+        "in 1024 MB); above it dense searches stay with Milvus",
     )

@@ -19,7 +19,6 @@ fast with an actionable error.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -323,31 +322,19 @@ class ChunkStore:
             return None
         return Hit.from_result({"id": rows[0][F_ID], "distance": 0.0, "entity": rows[0]})
 
-    def payloads(self, chunk_ids: Sequence[str]) -> dict[str, str]:
-        """Chunk id -> sealed payload, for hits that came without one (the in-memory dense
-        index keeps no payloads). Ids are checked like :meth:`get`'s; absent ids are left out."""
-        ids = sorted(set(chunk_ids))
-        for chunk_id in ids:
-            if not isinstance(chunk_id, str) or not _CHUNK_ID.fullmatch(chunk_id):
-                raise ValueError(f"Invalid chunk id {chunk_id!r}.")
-        if not ids:
-            return {}
-        rows = self._call(
-            "query", self.name, filter=f"{F_ID} in {json.dumps(ids)}", output_fields=[F_PAYLOAD]
-        )
-        return {str(row[F_ID]): str(row[F_PAYLOAD]) for row in rows}
-
-    def version_vectors(self, doc_id: str, version: int) -> tuple[list[str], np.ndarray]:
-        """(chunk ids, their dense vectors as float32 rows) of one version of a document, for
-        the in-memory dense index. Paged: Lite answers large results slowly."""
+    def version_rows(self, doc_id: str, version: int) -> tuple[list[str], np.ndarray, list[str]]:
+        """(chunk ids, their dense vectors as float32 rows, their sealed payloads) of one version
+        of a document, for the in-memory dense index. Paged: Lite answers large results slowly."""
         expr = f'{F_DOC} == "{check_doc_id(doc_id)}" and {F_VERSION} == {check_version(version)}'
         ids: list[str] = []
         vectors: list[Any] = []
-        for row in self._scan(expr, [F_ID, F_DENSE], batch=_VECTOR_BATCH):
+        payloads: list[str] = []
+        for row in self._scan(expr, [F_ID, F_DENSE, F_PAYLOAD], batch=_VECTOR_BATCH):
             ids.append(str(row[F_ID]))
             vectors.append(row[F_DENSE])
+            payloads.append(str(row[F_PAYLOAD]))
         matrix = np.asarray(vectors, dtype=np.float32).reshape(len(ids), self.meta.dimension)
-        return ids, matrix
+        return ids, matrix, payloads
 
     def count(self, doc_id: str | None = None, version: int | None = None) -> int:
         """Rows visible now (deleted rows excluded), of one document (and version) if given.

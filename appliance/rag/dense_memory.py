@@ -17,8 +17,10 @@ never hidden and a deleted one never returned: the index can only make a search 
 Groups are enforced here as in Milvus (a chunk's group is its document's), and the retriever
 checks every hit against the registry again.
 
-Nothing is written to disk: the vectors live in this process's memory only. An index that
-would exceed ``max_bytes`` is not kept (searches stay with Milvus; :meth:`status` says why).
+Each row also keeps the chunk's sealed payload (the encrypted passage, as Milvus stores it), so
+a hit needs no second trip to Milvus before it is decrypted. Nothing is written to disk: the
+vectors and payloads live in this process's memory only. An index that would exceed
+``max_bytes`` is not kept (searches stay with Milvus; :meth:`status` says why).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ log = logging.getLogger(__name__)
 
 _UNIT = 2.0**-11  # float16 unit roundoff
 _BYTES_PER_VALUE = 4  # float16 value + float16 residual
+_ROW_OVERHEAD = 160  # Python objects per row: the id and payload strings, list slots
+_PAYLOAD_GUESS = 2048  # sealed passage bytes per chunk before any is loaded
 _MIN_CANDIDATES = 32
 _MAX_SCORE = 30_000.0  # float16 ends at 65,504
 
@@ -77,6 +81,7 @@ class _View:
     group: torch.Tensor  # [n] int64 group code
     live: torch.Tensor  # [n] bool
     ids: list[str]  # read below n only
+    payloads: list[str]  # sealed passages
     meta: list[tuple[str, int, str]]  # (doc_id, version, group) per row
     codes: dict[str, int]
     data_version: int
@@ -94,6 +99,8 @@ class _Buffers:
     group: torch.Tensor
     live: torch.Tensor
     ids: list[str] = field(default_factory=list)
+    payloads: list[str] = field(default_factory=list)
+    payload_bytes: int = 0
     meta: list[tuple[str, int, str]] = field(default_factory=list)
     docs: dict[str, _Doc] = field(default_factory=dict)
     codes: dict[str, int] = field(default_factory=dict)
@@ -111,6 +118,15 @@ class _Buffers:
             torch.zeros(capacity, dtype=torch.bool),
         )
 
+    def row_bytes(self) -> float:
+        """Memory per row: vectors, the payload (average so far) and Python's objects."""
+        payload = self.payload_bytes / self.n if self.n else _PAYLOAD_GUESS
+        return self.dim * _BYTES_PER_VALUE + payload + _ROW_OVERHEAD
+
+    def held_bytes(self) -> int:
+        vectors = self.high.shape[0] * self.dim * _BYTES_PER_VALUE
+        return vectors + self.payload_bytes + self.n * _ROW_OVERHEAD
+
     def view(self, data_version: int) -> _View:
         n = self.n
         return _View(
@@ -119,6 +135,7 @@ class _Buffers:
             self.group[:n],
             self.live[:n].clone(),
             self.ids,
+            self.payloads,
             self.meta,
             dict(self.codes),
             data_version,
@@ -194,7 +211,7 @@ class DenseMemory:
             "state": state,
             "reason": self._reason,
             "rows": rows,
-            "mb": round(self._buffers.high.numel() * _BYTES_PER_VALUE / 2**20, 1),
+            "mb": round(self._buffers.held_bytes() / 2**20, 1),
             "max_mb": round(self.max_bytes / 2**20, 1),
             "synced_at": self._synced_at,
             "searches": self.searches,
@@ -268,23 +285,23 @@ class DenseMemory:
         new = [(d, v, g) for d, (v, g, _) in wanted.items() if d not in b.docs or d in stale]
         rows = b.n - b.dead - sum(b.docs[d].count for d in stale)
         rows += sum(wanted[d][2] for d, _, _ in new)
-        if rows * self._dim * _BYTES_PER_VALUE > self.max_bytes:
-            self._over_budget(rows)
+        if rows * b.row_bytes() > self.max_bytes:
+            self._over_budget(rows, b.row_bytes())
             return
         for doc_id in stale:
             self._drop(doc_id)
         for doc_id, version, group in new:
             if self._stop.is_set():
                 return
-            ids, matrix = self.store.version_vectors(doc_id, version)
-            self._append(doc_id, version, group, ids, matrix)
+            ids, matrix, payloads = self.store.version_rows(doc_id, version)
+            self._append(doc_id, version, group, ids, matrix, payloads)
         if b.dead > max(1024, (b.n - b.dead) // 4):
             self._buffers = _compact(b, 0, self._max_rows)
         self._view = self._buffers.view(data_version)
         self._state, self._reason, self._synced_at = "ready", "", time.time()
 
-    def _over_budget(self, rows: int) -> None:
-        need = rows * self._dim * _BYTES_PER_VALUE / 2**20
+    def _over_budget(self, rows: int, row_bytes: float) -> None:
+        need = rows * row_bytes / 2**20
         self._view, self._buffers = None, _Buffers.empty(self._dim)
         logged = self._state == "over budget"
         self._state = "over budget"
@@ -302,7 +319,13 @@ class DenseMemory:
         b.dead += doc.count
 
     def _append(
-        self, doc_id: str, version: int, group: str, ids: list[str], matrix: np.ndarray
+        self,
+        doc_id: str,
+        version: int,
+        group: str,
+        ids: list[str],
+        matrix: np.ndarray,
+        payloads: list[str],
     ) -> None:
         count = len(ids)
         if self._buffers.n + count > self._buffers.high.shape[0]:
@@ -317,6 +340,8 @@ class DenseMemory:
         b.live[start:end] = True
         meta = (doc_id, version, group)
         b.ids.extend(ids)
+        b.payloads.extend(payloads)
+        b.payload_bytes += sum(map(len, payloads))
         b.meta.extend([meta] * count)
         b.docs[doc_id] = _Doc(version, group, start, count)
         if count:
@@ -355,7 +380,7 @@ def _hit(view: _View, row: int, score: float) -> Hit:
         version=version,
         page=-1,
         groups=(group,),
-        payload="",  # fetched by the retriever for the passages it keeps
+        payload=view.payloads[row],
         score=score,
         kind="",
         language="",
@@ -375,6 +400,8 @@ def _compact(b: _Buffers, extra: int, max_rows: int) -> _Buffers:
     out.live[:live] = True
     rows = keep.tolist()
     out.ids = [b.ids[r] for r in rows]
+    out.payloads = [b.payloads[r] for r in rows]
+    out.payload_bytes = sum(map(len, out.payloads))
     out.meta = [b.meta[r] for r in rows]
     first = {doc_id: i for i, (doc_id, _, _) in reversed(list(enumerate(out.meta)))}
     out.docs = {

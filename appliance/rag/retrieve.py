@@ -170,26 +170,20 @@ class Retriever:
     ) -> list[Passage]:
         candidates = [hits[item.id] for item in fused]
         docs = self.registry.get_many(h.doc_id for h in candidates)
-        kept: list[tuple[Fused, Hit, Document]] = []
+        out: list[Passage] = []
         for item, hit in zip(fused, candidates, strict=True):
             doc = docs.get(hit.doc_id)
             if doc is None or doc.status != "indexed" or doc.version != hit.version:
                 continue  # deleted document or a replaced version Milvus still holds
             if not groups & set(hit.groups) or doc.group not in groups:
                 continue  # never another group's chunk, even if the filter were wrong
-            kept.append((item, hit, doc))
-            if len(kept) == limit:
+            out.append(self._passage(hit, item, doc))
+            if len(out) == limit:
                 break
-        # hits from the in-memory dense index carry no payload: one query for those kept
-        payloads = self.store.payloads([hit.id for _, hit, _ in kept if not hit.payload])
-        return [
-            self._passage(hit, item, doc, payloads.get(hit.id, hit.payload))
-            for item, hit, doc in kept
-            if hit.payload or hit.id in payloads  # a row deleted since the search: skipped
-        ]
+        return out
 
-    def _passage(self, hit: Hit, item: Fused, doc: Document, payload: str) -> Passage:
-        body = open_passage(self.cipher, hit.id, payload)
+    def _passage(self, hit: Hit, item: Fused, doc: Document) -> Passage:
+        body = open_passage(self.cipher, hit.id, hit.payload)
         return Passage(
             chunk_id=hit.id,
             doc_id=hit.doc_id,

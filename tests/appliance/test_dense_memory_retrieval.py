@@ -76,7 +76,7 @@ def test_the_same_passages_as_milvus_alone(
         got = fast.search(query, groups=groups, limit=5, mode=mode)  # type: ignore[arg-type]
         assert [p.chunk_id for p in got.passages] == [p.chunk_id for p in want.passages]
         assert [p.text for p in got.passages] == [p.text for p in want.passages]
-        assert all(p.text for p in got.passages)  # payloads fetched and decrypted
+        assert all(p.text for p in got.passages)  # the sealed passages it keeps, decrypted
         for a, b in zip(got.passages, want.passages, strict=True):
             assert a.score == pytest.approx(b.score, abs=1e-5)
             assert a.group in groups
