@@ -290,11 +290,15 @@ class DenseMemory:
             return
         for doc_id in stale:
             self._drop(doc_id)
+        incoming = sum(wanted[d][2] for d, _, _ in new)
+        if b.n + incoming > b.high.shape[0]:  # room for the whole batch at once
+            self._buffers = _compact(b, incoming, self._max_rows)
         for doc_id, version, group in new:
             if self._stop.is_set():
                 return
             ids, matrix, payloads = self.store.version_rows(doc_id, version)
             self._append(doc_id, version, group, ids, matrix, payloads)
+        b = self._buffers  # appends may have moved the rows to larger buffers
         if b.dead > max(1024, (b.n - b.dead) // 4):
             self._buffers = _compact(b, 0, self._max_rows)
         self._view = self._buffers.view(data_version)
@@ -388,12 +392,12 @@ def _hit(view: _View, row: int, score: float) -> Hit:
 
 
 def _compact(b: _Buffers, extra: int, max_rows: int) -> _Buffers:
-    """Live rows copied into new buffers with room for ``extra`` more, and half again as far
-    as the memory budget (``max_rows``) allows."""
+    """Live rows copied into new buffers with room for ``extra`` more, and an eighth again
+    (at least 1,024 rows) as far as the memory budget (``max_rows``) allows."""
     keep = torch.nonzero(b.live[: b.n]).flatten()
     live = int(keep.numel())
     need = live + extra
-    out = _Buffers.empty(b.dim, max(need, min(max(1024, int(need * 1.5)), max_rows)))
+    out = _Buffers.empty(b.dim, max(need, min(need + max(1024, need // 8), max_rows)))
     out.high[:live] = b.high[keep]
     out.low[:live] = b.low[keep]
     out.group[:live] = b.group[keep]

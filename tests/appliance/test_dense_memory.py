@@ -264,3 +264,15 @@ def test_vectors_too_long_for_float16_are_searched_in_milvus(
     assert memory.status()["fallbacks"] == before + 1
     hits = filled.store.search_dense(big[0], groups=["hr"], limit=1)
     assert hits[0].id.endswith(":0")  # Milvus still finds it
+
+
+def test_deletions_and_a_large_new_document_in_one_sync(filled: Base, memory: DenseMemory) -> None:
+    for doc in list(filled.registry.documents())[:27]:
+        filled.delete(doc.doc_id)  # 1,080 dead rows: enough to compact
+    filled.index("large.txt", "public", filled.vectors(2500))  # more than the buffers hold
+    assert memory.wait_ready()
+    assert memory.status()["rows"] == 3 * 40 + 2500
+    for query in filled.vectors(10):
+        got = memory.search(query, groups=list(GROUPS), limit=30)
+        assert got is not None
+        assert [h.id for h in got] == [c for c, _ in exact(filled, query, list(GROUPS), 30)]
