@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -11,8 +12,8 @@ from click.testing import CliRunner
 from appliance.cli import cli
 from appliance.ops import runtime_state
 from appliance.ops.render import render_status
-from appliance.ops.services import redact_uri, tls_status
-from appliance.ops.status import collect_status
+from appliance.ops.services import dense_memory_status, redact_uri, tls_status
+from appliance.ops.status import collect_status, verdict
 from appliance.ops.tasks import TaskStore
 from tests.support.milvus_server import lite_only
 from tests.support.tls import self_signed
@@ -174,3 +175,23 @@ def test_the_servers_dense_memory_index_is_reported(ops_home: OpsHome, tmp_path:
         assert "dense mem  ready, 0 chunks in " in render_status(s)
     finally:
         knowledge.close_dense_memory()
+
+
+def test_another_process_reads_the_dense_memory_index_from_the_servers_heartbeat(
+    ops_home: OpsHome, milvus_kind: str
+) -> None:
+    held = {"state": "over budget", "reason": "400000 chunks need 1200 MB", "rows": 0}
+    info = {"dense_memory": held}
+    serve = runtime_state.Heartbeat("serve", True, "", pid=os.getpid() + 1, info=info)
+    got = dense_memory_status(ops_home.settings, None, serve)
+    if milvus_kind != "lite":  # `auto` leaves it off with a Milvus server
+        assert got["state"] == "off" and "auto" in got["reason"]
+        return
+    assert got["state"] == "over budget" and got["source"].startswith("server heartbeat")
+    service = {"dense_memory": got, "milvus": {}, "models": [], "tls": {}, "audit": {"writable": 1}}
+    levels: dict = {"service": service}
+    levels |= {"node": {"server": {}}, "component": {"disks": []}}
+    codes = [p["code"] for p in verdict(levels)["problems"]]
+    assert codes == ["DENSE_MEMORY_OFF"]
+    gone = runtime_state.Heartbeat("serve", False, "no heartbeat")
+    assert dense_memory_status(ops_home.settings, None, gone)["state"] == "not loaded"
