@@ -185,10 +185,11 @@ def test_deletions_compact_the_buffers_without_changing_results(filled: Base) ->
     mem.start()
     try:
         assert mem.wait_ready()
-        for doc in list(filled.registry.documents())[:24]:
-            filled.delete(doc.doc_id)
+        for doc in list(filled.registry.documents())[:26]:
+            filled.delete(doc.doc_id)  # 1,040 dead rows: past the 1,024 that trigger compaction
         assert mem.wait_ready()
-        assert mem.status()["rows"] == 240
+        assert mem.status()["rows"] == 160
+        assert mem._buffers.dead == 0 and mem._buffers.n == 160  # compacted
         for query in filled.vectors(10):
             got = mem.search(query, groups=list(GROUPS), limit=50)
             assert got is not None
