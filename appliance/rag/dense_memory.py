@@ -190,6 +190,7 @@ class DenseMemory:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.ready():
+                self._wake.clear()  # no sync left pending: the next one is a commit's
                 return True
             self._wake.set()
             time.sleep(0.01)
