@@ -32,7 +32,7 @@ from .config import Settings
 from .errors import ConfigError
 from .rag.dense_memory import DenseMemory
 from .rag.retrieve import Retriever
-from .wiring import dense_index, fusion_policy
+from .wiring import dense_index, dense_memory_wanted, fusion_policy
 
 PUBLIC_GROUP = "public"
 REGISTRY_FILE = "registry.db"
@@ -157,11 +157,10 @@ class Knowledge:
     def dense_memory(self) -> DenseMemory | None:
         """The in-memory dense index when `retrieval.dense_memory` asks for one (not loaded
         until :meth:`start_dense_memory`: one-shot commands search Milvus)."""
-        r = self.settings.retrieval
-        lite = "://" not in self.settings.milvus_uri
-        if r.dense_memory == "off" or (r.dense_memory == "auto" and not lite):
+        if not dense_memory_wanted(self.settings):
             return None
-        return DenseMemory(self.store, self.registry, max_bytes=r.dense_memory_mb * 2**20)
+        max_bytes = self.settings.retrieval.dense_memory_mb * 2**20
+        return DenseMemory(self.store, self.registry, max_bytes=max_bytes)
 
     def start_dense_memory(self) -> None:
         """Load the in-memory dense index in the background (long-running servers)."""

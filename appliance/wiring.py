@@ -52,6 +52,13 @@ def dense_index(settings: Settings) -> DenseIndex:
     )
 
 
+def dense_memory_wanted(settings: Settings) -> bool:
+    """Whether `retrieval.dense_memory` asks the server for the in-memory dense index (`auto`:
+    with Milvus Lite only)."""
+    mode = settings.retrieval.dense_memory
+    return mode == "on" or (mode == "auto" and "://" not in settings.milvus_uri)
+
+
 def fusion_policy(settings: Settings) -> FusionPolicy:
     """The hybrid fusion the `retrieval.fusion*` settings ask for."""
     from .rag.fuse import FusionPolicy

@@ -56,12 +56,15 @@ def milvus_status(settings: Any, knowledge: Any, serve: Heartbeat) -> dict[str, 
 def dense_memory_status(settings: Any, knowledge: Any, serve: Heartbeat) -> dict[str, Any]:
     """The in-memory dense index (`retrieval.dense_memory`): it lives in the server, so another
     process reads it from the server's heartbeat."""
-    mode = settings.retrieval.dense_memory
-    if mode == "off" or (mode == "auto" and "://" in settings.milvus_uri):
+    from ..wiring import dense_memory_wanted
+
+    if not dense_memory_wanted(settings):
+        mode = settings.retrieval.dense_memory
         return {"state": "off", "reason": f"retrieval.dense_memory = {mode}"}
     memory = getattr(knowledge, "__dict__", {}).get("dense_memory")
-    if memory is not None and memory.status()["state"] != "not started":
-        return dict(memory.status())
+    status = memory.status() if memory is not None else {}
+    if status.get("state", "not started") != "not started":
+        return status
     if serve.alive and serve.pid != os.getpid():
         held = serve.info.get("dense_memory")
         if isinstance(held, dict):
