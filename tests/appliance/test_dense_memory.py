@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,14 +90,23 @@ def filled(base: Base) -> Base:
     return base
 
 
+@contextmanager
+def running_memory(store: ChunkStore, registry: Registry, max_bytes: int) -> Iterator[DenseMemory]:
+    """A loaded index that syncs only when a search finds it behind (or wait_ready asks): no
+    polling, so a test decides when it catches up."""
+    mem = DenseMemory(store, registry, max_bytes=max_bytes, poll_s=60)
+    mem.start()
+    try:
+        assert mem.wait_ready(), mem.status()
+        yield mem
+    finally:
+        mem.close()
+
+
 @pytest.fixture
 def memory(filled: Base) -> Iterator[DenseMemory]:
-    # no polling: the index syncs only when a search finds it behind (or wait_ready asks)
-    mem = DenseMemory(filled.store, filled.registry, max_bytes=64 << 20, poll_s=60)
-    mem.start()
-    assert mem.wait_ready(), mem.status()
-    yield mem
-    mem.close()
+    with running_memory(filled.store, filled.registry, 64 << 20) as mem:
+        yield mem
 
 
 def exact(base: Base, query: np.ndarray, groups: list[str], limit: int) -> list[tuple[str, float]]:
@@ -180,22 +190,18 @@ def test_a_commit_by_another_process_is_noticed(filled: Base, memory: DenseMemor
     assert memory.wait_ready()
 
 
-def test_deletions_compact_the_buffers_without_changing_results(filled: Base) -> None:
-    mem = DenseMemory(filled.store, filled.registry, max_bytes=64 << 20, poll_s=60)
-    mem.start()
-    try:
-        assert mem.wait_ready()
-        for doc in list(filled.registry.documents())[:26]:
-            filled.delete(doc.doc_id)  # 1,040 dead rows: past the 1,024 that trigger compaction
-        assert mem.wait_ready()
-        assert mem.status()["rows"] == 160
-        assert mem._buffers.dead == 0 and mem._buffers.n == 160  # compacted
-        for query in filled.vectors(10):
-            got = mem.search(query, groups=list(GROUPS), limit=50)
-            assert got is not None
-            assert [h.id for h in got] == [c for c, _ in exact(filled, query, list(GROUPS), 50)]
-    finally:
-        mem.close()
+def test_deletions_compact_the_buffers_without_changing_results(
+    filled: Base, memory: DenseMemory
+) -> None:
+    for doc in list(filled.registry.documents())[:26]:
+        filled.delete(doc.doc_id)  # 1,040 dead rows: past the 1,024 that trigger compaction
+    assert memory.wait_ready()
+    assert memory.status()["rows"] == 160
+    assert memory._buffers.dead == 0 and memory._buffers.n == 160  # compacted
+    for query in filled.vectors(10):
+        got = memory.search(query, groups=list(GROUPS), limit=50)
+        assert got is not None
+        assert [h.id for h in got] == [c for c, _ in exact(filled, query, list(GROUPS), 50)]
 
 
 def test_an_index_over_its_memory_budget_stays_with_milvus(filled: Base) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from appliance.rag.dense_memory import DenseMemory
-from appliance.rag.retrieve import Retriever
 from ingest.embed import Embedder
+from tests.appliance.test_dense_memory import running_memory
 from tests.ingest.pipeline_kit import Kit, build_kit, put
 from tests.ingest.test_embed import bundled_embedder
 
@@ -43,37 +43,21 @@ def kit(tmp_path: Path, embedder: Embedder) -> Kit:
 
 @pytest.fixture
 def memory(kit: Kit) -> Iterator[DenseMemory]:
-    # no polling: the index syncs only when a search finds it behind (or wait_ready asks)
-    mem = DenseMemory(kit.store, kit.registry, max_bytes=16 << 20, poll_s=60)
-    mem.start()
-    assert mem.wait_ready(), mem.status()
-    yield mem
-    mem.close()
-
-
-def with_memory(kit: Kit, memory: DenseMemory) -> Retriever:
-    r = kit.retriever
-    return Retriever(
-        store=r.store,
-        embedder=r.embedder,
-        registry=r.registry,
-        hasher=r.hasher,
-        cipher=r.cipher,
-        embedder_languages=r.embedder_languages,
-        candidates=r.candidates,
-        memory=memory,
-    )
+    with running_memory(kit.store, kit.registry, 16 << 20) as mem:
+        yield mem
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "dense"])
 def test_the_same_passages_as_milvus_alone(
     kit: Kit, memory: DenseMemory, queries: list[str], mode: str
 ) -> None:
-    fast = with_memory(kit, memory)
+    retriever = kit.retriever
     for i, query in enumerate(queries):
         groups = [list(GROUPS), ["hr"], ["finance", "public"]][i % 3]
-        want = kit.retriever.search(query, groups=groups, limit=5, mode=mode)  # type: ignore[arg-type]
-        got = fast.search(query, groups=groups, limit=5, mode=mode)  # type: ignore[arg-type]
+        retriever.memory = None  # Milvus alone
+        want = retriever.search(query, groups=groups, limit=5, mode=mode)  # type: ignore[arg-type]
+        retriever.memory = memory
+        got = retriever.search(query, groups=groups, limit=5, mode=mode)  # type: ignore[arg-type]
         assert [p.chunk_id for p in got.passages] == [p.chunk_id for p in want.passages]
         assert [p.text for p in got.passages] == [p.text for p in want.passages]
         assert all(p.text for p in got.passages)  # the sealed passages it keeps, decrypted
@@ -86,7 +70,8 @@ def test_the_same_passages_as_milvus_alone(
 def test_a_document_dropped_after_loading_is_found_at_once(
     kit: Kit, memory: DenseMemory, queries: list[str]
 ) -> None:
-    fast = with_memory(kit, memory)
+    fast = kit.retriever
+    fast.memory = memory
     put(kit.drop, "hr/new.txt", "The Quillfeather canteen opens at 7:15 on weekdays.")
     kit.pipeline.run_once(settle=False)
     first = fast.search("When does the Quillfeather canteen open?", groups=["hr"], limit=1)
