@@ -31,7 +31,7 @@ from ingest.schema import open_passage
 from secure.keys import LABEL_CONTENT_HMAC
 
 from .errors import Forbidden
-from .rag.passage_fields import PassageFields
+from .rag.passage_fields import PassageFields, opened_fields
 from .users import User
 
 if TYPE_CHECKING:
@@ -88,16 +88,7 @@ class Access:
             raise self._deny(user, action, chunk_id, "NO_CHUNK")
         body = open_passage(self.knowledge.cipher, hit.id, hit.payload)
         return SourceView(
-            chunk_id=hit.id,
-            doc_id=doc.doc_id,
-            document=doc.rel_path,
-            group=doc.group,
-            title=body.title,
-            section=body.section_path,
-            page_start=body.page_start,
-            page_end=body.page_end,
-            text=body.text,
-            downloadable=self.downloads_allowed(user),
+            **opened_fields(hit.id, doc, body), downloadable=self.downloads_allowed(user)
         )
 
     def downloads_allowed(self, user: User) -> bool:

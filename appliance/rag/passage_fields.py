@@ -6,7 +6,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ingest.registry import Document
+    from ingest.schema import PassageText
 
 
 @dataclass(frozen=True)
@@ -28,3 +32,18 @@ class PassageFields:
     def fields_dict(self) -> dict[str, Any]:
         """The nine fields for JSON (the section as a list)."""
         return self.passage_fields() | {"section": list(self.section)}
+
+
+def opened_fields(chunk_id: str, doc: Document, body: PassageText) -> dict[str, Any]:
+    """The nine fields of chunk ``chunk_id`` of ``doc``, its sealed payload opened as ``body``."""
+    return {
+        "chunk_id": chunk_id,
+        "doc_id": doc.doc_id,
+        "document": doc.rel_path,
+        "group": doc.group,
+        "title": body.title,
+        "section": body.section_path,
+        "page_start": body.page_start,
+        "page_end": body.page_end,
+        "text": body.text,
+    }

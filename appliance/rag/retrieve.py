@@ -24,7 +24,7 @@ from secure.records import RecordCipher
 
 from .dense_memory import DenseMemory
 from .fuse import DEFAULT_FUSION, Fused, FusionPolicy, Ranked, Trust, fuse, fuse_lists
-from .passage_fields import PassageFields
+from .passage_fields import PassageFields, opened_fields
 
 Mode = Literal["hybrid", "dense", "sparse"]
 
@@ -185,15 +185,7 @@ class Retriever:
     def _passage(self, hit: Hit, item: Fused, doc: Document) -> Passage:
         body = open_passage(self.cipher, hit.id, hit.payload)
         return Passage(
-            chunk_id=hit.id,
-            doc_id=hit.doc_id,
-            document=doc.rel_path,
-            group=doc.group,
-            title=body.title,
-            section=body.section_path,
-            page_start=body.page_start,
-            page_end=body.page_end,
-            text=body.text,
+            **opened_fields(hit.id, doc, body),
             score=item.score,
             dense_rank=item.dense_rank,
             sparse_rank=item.sparse_rank,
