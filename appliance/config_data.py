@@ -219,6 +219,11 @@ class EmbeddingSettings(Section):
         ge=0,
         description="CPU threads for embedding (0 = all cores); 1 leaves a core for parsing",
     )
+    trace_queries: bool = Field(
+        True,
+        description="embed questions through a TorchScript trace of the model, checked "
+        "against the eager model at start (same vectors, ~3 ms sooner); falls back by itself",
+    )
 
 
 class RetrievalSettings(Section):

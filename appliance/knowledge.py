@@ -57,7 +57,11 @@ class Knowledge:
     def embedder(self) -> Embedder:
         e = self.settings.embedding
         return Embedder.load(
-            e.model, device=e.device, batch_size=e.batch_size, threads=e.threads or None
+            e.model,
+            device=e.device,
+            batch_size=e.batch_size,
+            threads=e.threads or None,
+            trace_queries=e.trace_queries,
         )
 
     @cached_property

@@ -84,6 +84,8 @@ def _service(sv: dict[str, Any]) -> list[str]:
         f"milvus     {m['kind']} {m['uri']} [{m['collection']}]: {reach}{detail} {note}".rstrip()
     ]
     out.append(_dense_memory_line(sv["dense_memory"]))
+    if "query_path" in sv:
+        out.append(f"queries    embedder {sv['query_path']}")
     if sv["documents"]:
         d = sv["documents"]
         out.append(

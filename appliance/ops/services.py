@@ -72,6 +72,17 @@ def dense_memory_status(settings: Any, knowledge: Any, serve: Heartbeat) -> dict
     return {"state": "not loaded", "reason": "`appliance serve` loads it at start"}
 
 
+def query_path_status(settings: Any, knowledge: Any, serve: Heartbeat) -> str:
+    """How questions are embedded ("traced", or "eager: why"): the server's, from its
+    heartbeat, else this process's embedder if it has embedded a question."""
+    if not settings.embedding.trace_queries:
+        return "eager: embedding.trace_queries = false"
+    if serve.alive and serve.pid != os.getpid() and isinstance(serve.info.get("query_path"), str):
+        return str(serve.info["query_path"])
+    embedder = getattr(knowledge, "__dict__", {}).get("embedder")
+    return str(getattr(embedder, "query_path", "not checked: `appliance serve` checks it at start"))
+
+
 def milvus_reading(knowledge: Any) -> dict[str, Any]:
     """Reachable, its row count and whether that agrees with the registry (a Milvus data
     directory restored from an older backup does not); the error when it does not answer."""

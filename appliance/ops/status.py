@@ -25,6 +25,7 @@ from .services import (
     milvus_reading,
     milvus_status,
     model_entries,
+    query_path_status,
     redact_uri,
     tls_status,
 )
@@ -58,6 +59,7 @@ def collect_status(
     service = {
         "milvus": milvus_status(settings, knowledge, beats["serve"]),
         "dense_memory": dense_memory_status(settings, knowledge, beats["serve"]),
+        "query_path": query_path_status(settings, knowledge, beats["serve"]),
         "documents": documents_status(knowledge),
         "ingestion": ingestion_status(settings, _watcher(beats)),
         "models": model_entries(app, now=now, loaded=loaded, verify=verify_models),
@@ -262,6 +264,9 @@ def server_info(runtime: Any) -> dict[str, Any]:
     memory = getattr(runtime.knowledge, "dense_memory", None)
     if memory is not None:
         info["dense_memory"] = memory.status()
+    embedder = getattr(runtime.knowledge, "__dict__", {}).get("embedder")
+    if embedder is not None:
+        info["query_path"] = embedder.query_path
     info["milvus"] = milvus_reading(runtime.knowledge)
     if "error" in info["milvus"]:
         info["milvus"]["error"] = info["milvus"]["error"][:300]

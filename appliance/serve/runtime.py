@@ -105,6 +105,7 @@ class Runtime:
         settings = app.settings
         knowledge = knowledge or Knowledge(settings, app.secure)
         knowledge.retriever  # noqa: B018 - open the embedder and Milvus before any model
+        knowledge.embedder.prepare_queries()  # the checked trace, before the first question
         knowledge.start_dense_memory()
         metrics = Metrics()
         task_store = TaskStore.for_settings(settings)

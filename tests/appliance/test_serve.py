@@ -100,6 +100,11 @@ def test_the_server_answers_from_its_in_memory_dense_index_once_loaded(runtime: 
     assert any("48,000" in s.text for s in answer.sources)
     assert all(s.group in ("finance", "public") for s in answer.sources)
     assert memory.status()["searches"] == before + 1
+    # serve built the checked trace of the query encoder at start and publishes it
+    from appliance.ops.status import server_info
+
+    assert rt.knowledge.embedder.query_path == "traced"  # type: ignore[attr-defined]
+    assert server_info(rt)["query_path"] == "traced"
 
 
 def test_an_answer_no_source_supports_is_flagged_as_not_found(world: World) -> None:

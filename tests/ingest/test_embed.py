@@ -69,14 +69,17 @@ def test_queries_embed_on_one_thread_whatever_documents_use(
     """A request thread lives on: a multi-threaded team left there would slow every answer."""
     import torch
 
+    import ingest.embed as embed_module
+
     seen: list[int] = []
-    encode = embedder._model.encode_query
+    checked = embed_module._checked  # the last step of either query path (traced or eager)
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         seen.append(torch.get_num_threads())
-        return encode(*args, **kwargs)
+        return checked(*args, **kwargs)
 
-    monkeypatch.setattr(embedder._model, "encode_query", spy)
+    embedder.prepare_queries()
+    monkeypatch.setattr(embed_module, "_checked", spy)
     monkeypatch.setattr(embedder, "threads", 2)
 
     def request() -> None:

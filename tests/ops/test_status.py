@@ -12,7 +12,12 @@ from click.testing import CliRunner
 from appliance.cli import cli
 from appliance.ops import runtime_state
 from appliance.ops.render import render_status
-from appliance.ops.services import dense_memory_status, redact_uri, tls_status
+from appliance.ops.services import (
+    dense_memory_status,
+    query_path_status,
+    redact_uri,
+    tls_status,
+)
 from appliance.ops.status import collect_status, verdict
 from appliance.ops.tasks import TaskStore
 from tests.support.milvus_server import lite_only
@@ -175,6 +180,23 @@ def test_the_servers_dense_memory_index_is_reported(ops_home: OpsHome, tmp_path:
         assert "dense mem  ready, 0 chunks in " in render_status(s)
     finally:
         knowledge.close_dense_memory()
+
+
+def test_how_questions_are_embedded_is_reported(ops_home: OpsHome, tmp_path: Path) -> None:
+    assert ops_home.knowledge.embedder.prepare_queries() == "traced"
+    s = _status(ops_home, TaskStore(tmp_path / "tasks.db"))
+    assert s["service"]["query_path"] == "traced"
+    assert "queries    embedder traced" in render_status(s)
+    why = "eager: the traced vectors differ from the eager ones by 2.00e-03 (> 1e-05)"
+    info = {"query_path": why}
+    serve = runtime_state.Heartbeat("serve", True, "", pid=os.getpid() + 1, info=info)
+    assert query_path_status(ops_home.settings, None, serve) == why  # the server's, not ours
+    assert query_path_status(ops_home.settings, None, runtime_state.Heartbeat("serve", False, ""))
+    embedding = ops_home.settings.embedding.model_copy(update={"trace_queries": False})
+    off = ops_home.settings.model_copy(update={"embedding": embedding})
+    assert query_path_status(off, ops_home.knowledge, serve) == (
+        "eager: embedding.trace_queries = false"
+    )
 
 
 def test_another_process_reads_the_dense_memory_index_from_the_servers_heartbeat(
