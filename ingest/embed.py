@@ -117,12 +117,14 @@ class Embedder:
         # The fast tokenizer as JSON (None for a slow one): what a process without the model
         # needs to count tokens exactly like :meth:`count_tokens` (see `tokenizer_counter`).
         self.tokenizer_json = tokenizer_json
-        # Queries through a checked TorchScript trace (`ingest.query_trace`), built at the first
-        # query or by prepare_queries(); query_path says which path is in use and why.
+        # Queries through a checked TorchScript trace (`ingest.query_trace`) once
+        # prepare_queries() has built it; query_path says which path is in use and why.
         self._trace_wanted = trace_queries
         self._traced: TracedQueries | None = None
         self._trace_lock = threading.Lock()
-        self.query_path = "eager: not traced yet" if trace_queries else "eager: tracing is off"
+        self.query_path = (
+            "eager: not prepared (one-shot)" if trace_queries else "eager: tracing is off"
+        )
 
     @classmethod
     def load(
@@ -202,7 +204,7 @@ class Embedder:
         """One float32, L2-normalised vector of shape ``(dimension,)`` (the model's query
         prompt applied, if it has one)."""
         with torch_threads(QUERY_THREADS):
-            traced = self._query_encoder()
+            traced = self._traced
             try:
                 vector = traced(text) if traced is not None else None
             except ValueError:  # features of another kind than the trace's: the eager path
@@ -212,16 +214,10 @@ class Embedder:
             return _checked(vector, 1, self.info.dimension)[0]
 
     def prepare_queries(self) -> str:
-        """Build the traced query encoder now (a server calls this at start, so that the first
-        question does not pay ~0.5 s); returns :attr:`query_path`."""
-        with torch_threads(QUERY_THREADS):
-            self._query_encoder()
-        return self.query_path
-
-    def _query_encoder(self) -> TracedQueries | None:
-        if not self._trace_wanted:
-            return self._traced
-        with self._trace_lock:
+        """Build and check the traced query encoder (about 0.6 s; `serve` does it at start, and
+        so does anything that embeds many questions; one-shot commands would not earn it back);
+        returns :attr:`query_path`. Safe to call from several threads and more than once."""
+        with torch_threads(QUERY_THREADS), self._trace_lock:
             if self._trace_wanted:
                 self._trace_wanted = False
                 prompt = (self._model.prompts or {}).get("query") or None
@@ -233,7 +229,7 @@ class Embedder:
                     self.query_path = f"eager: {built}"
                 else:
                     self._traced, self.query_path = built, "traced"
-        return self._traced
+        return self.query_path
 
     def _eager_query(self, text: str) -> Any:
         return self._model.encode_query(

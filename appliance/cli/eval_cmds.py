@@ -237,7 +237,10 @@ def eval_retrieval(
         )
     settings = load_settings(ctx.home)  # the defaults where the home has no appliance.toml
     e = settings.embedding
-    embedder = Embedder.load(e.model, device=e.device, batch_size=e.batch_size)
+    embedder = Embedder.load(
+        e.model, device=e.device, batch_size=e.batch_size, trace_queries=e.trace_queries
+    )
+    embedder.prepare_queries()  # every judged question is embedded: the trace pays for itself
     options: dict[str, Any] = {
         "max_queries": max_queries,
         "dense_index": dense_index(settings),

@@ -97,10 +97,18 @@ def test_a_model_that_cannot_be_traced_keeps_answering(
 
     monkeypatch.setattr(embed_module, "trace_queries", lambda *args: reason)
     embedder = Embedder.load("bundled")
+    assert embedder.prepare_queries() == f"eager: {reason}" and embedder._traced is None
     vector = embedder.embed_query("annual leave")
-    assert embedder.query_path == f"eager: {reason}" and embedder._traced is None
     assert "Queries use the eager embedder: tracing failed" in caplog.text
     assert np.abs(vector - bundled_embedder().embed_query("annual leave")).max() <= TOLERANCE
+
+
+def test_only_prepared_embedders_trace(eager: Embedder) -> None:
+    """One-shot commands embed one question: 0.6 s of tracing would not pay for itself."""
+    embedder = Embedder.load("bundled")
+    embedder.embed_query("annual leave")
+    assert embedder._traced is None and embedder.query_path == "eager: not prepared (one-shot)"
+    assert embedder.prepare_queries() == "traced" == embedder.prepare_queries()
 
 
 def test_probes_cover_short_long_and_other_scripts() -> None:
