@@ -55,7 +55,8 @@ BUNDLED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 # But with 2 threads, any other busy process (parsing, Milvus, another job) drops it to 5-16
 # (OpenMP threads wait for the busy core), so one thread, leaving the other core to parsing, is
 # the robust default. bf16 vectors match fp32 to cosine >= 0.99996. Queries (10 tokens, fp32):
-# 12.7 ms p50 / 13.4 ms p95 with 1 thread, 7.1 / 9.2 ms with 2 threads on an idle machine.
+# 12.7 ms p50 / 13.4 ms p95 with 1 thread, 7.1 / 9.2 ms with 2 threads on an idle machine;
+# 8.6 ms p50 with 1 thread through the traced encoder (`ingest.query_trace`).
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_THREADS = 1
 #: Queries always embed on one thread, whatever ``threads`` says: they run in request threads

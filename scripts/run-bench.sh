@@ -4,7 +4,8 @@
 set -euo pipefail
 venv=${1:-.venv}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-for bench in bench_decrypt bench_model_load bench_sparse bench_fusion bench_retrieval \
+for bench in bench_decrypt bench_model_load bench_sparse bench_fusion bench_fusion_gates \
+             bench_retrieval \
              bench_latency bench_ingest robustness_parse bench_serve bench_bundled \
              bench_milvus_server; do
   echo "== $bench"
