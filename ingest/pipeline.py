@@ -10,7 +10,8 @@ Crash safety, step by step for one file (a `kill -9` may hit anywhere):
 5. superseded versions' chunks and vault copies are deleted;
 6. inbox only: the original is removed from the drop folder.
 
-:meth:`Pipeline.recover` (run before every pass) deletes the chunks and vault copies of versions
+Steps 2-6 and the recovery are `ingest.version_writer`; a file that fails is recorded and
+quarantined by `ingest.failures`. :meth:`Pipeline.recover` (run before every pass) deletes the chunks and vault copies of versions
 that never became current or were superseded, so a restart leaves no duplicates and no orphan
 chunks; a file whose step 6 did not happen is recognised by its keyed content hash and removed.
 
@@ -29,7 +30,6 @@ import hashlib
 import hmac
 import json
 import logging
-import secrets
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -41,33 +41,31 @@ from secure.records import RecordCipher
 from secure.vault import DocumentVault
 
 from .drop import (
-    FAILED_DIR,
     Candidate,
     Link,
     is_settled,
     keyed_digest,
     open_candidate,
-    quarantine,
     survey,
     valid_group,
 )
 from .elements import ParsedDocument
 from .errors import Changed, IngestError, LinkRefused, Rejected, StoreUnavailable
+from .failures import FailureLog, group_problem, rejected, skipped
 from .isolate import parse_and_chunk_isolated, parse_isolated
 from .jobs import EmbedderLike, Events, FileResult, IngestOptions, JobReport, Prepared
 from .prechunk import ChunkedDocument, ChunkSpec, chunk_and_count, keyed_term_freqs
-from .reasons import INTERNAL, known_code, reason_message, seal_detail
-from .records import build_records
-from .registry import Document, Registry, Unfinished
+from .reasons import INTERNAL
+from .registry import Document, Registry
 from .retry import Retrier
 from .safefs import open_below
 from .scratch import scratch_copy
 from .sparse import TermHasher
 from .stages import ParseAhead, Prefetch, resolved
-from .store import ChunkRecord, ChunkStore
+from .store import ChunkStore
+from .version_writer import VersionWriter
 
 log = logging.getLogger(__name__)
-MAX_DETAIL_CHARS = 16_000  # a failure's sealed detail (a traceback at most)
 
 
 class Pipeline:
@@ -96,6 +94,10 @@ class Pipeline:
         # rides out Milvus outages (ingest.retry); a service passes a sleep that its shutdown
         # interrupts (by raising StoreUnavailable), so a pass never outlives the process
         self.milvus = Retrier(options.retry, sleep=retry_sleep)
+        self.failures = FailureLog(self.source, drop, registry, cipher)
+        self.writer = VersionWriter(
+            self.source, registry, store, cipher, vault, self.milvus, options.bm25
+        )
         tokenizer = embedder.tokenizer_json
         self._chunk_spec = ChunkSpec.build(tokenizer, options.chunking) if tokenizer else None
 
@@ -199,8 +201,8 @@ class Pipeline:
                 self.delete_document(existing.doc_id)
                 yield FileResult(link.rel_path, "deleted", existing.doc_id, link.group)
             candidate = Candidate(self.drop / link.rel_path, link.rel_path, link.group, 0, 0.0)
-            failure = self._reject(candidate, LinkRefused(link.rel_path))
-            yield self._record_failure(candidate, failure, None)
+            failure = rejected(candidate, LinkRefused(link.rel_path))
+            yield self.failures.record(candidate, failure, None)
 
     # ----- one file ---------------------------------------------------------------------------
     def _parse_item(self, item: tuple[Candidate, str]) -> Prepared | FileResult:
@@ -217,7 +219,7 @@ class Pipeline:
     def _parse_step(self, candidate: Candidate) -> Prepared | FileResult:
         """Runs in a worker thread (the parse and, normally, the chunking run in a child)."""
         if not candidate.group or not valid_group(candidate.group):
-            return self._reject(candidate, Rejected(_group_problem(candidate), code="no-group"))
+            return rejected(candidate, Rejected(group_problem(candidate), code="no-group"))
         t0 = time.perf_counter()
         try:
             with open_candidate(candidate) as source:  # the child parses this open file
@@ -231,7 +233,7 @@ class Pipeline:
             t1 = time.perf_counter()
             prepared = self._keyed(chunked, {"parse_s": t1 - t0 - chunked.chunk_s})
         except Rejected as exc:
-            return self._reject(candidate, exc)
+            return rejected(candidate, exc)
         prepared.stages["chunk_s"] = chunked.chunk_s + time.perf_counter() - t1
         return prepared
 
@@ -275,9 +277,9 @@ class Pipeline:
                 if self.source == "inbox" and existing.status == "indexed":
                     opened.unlink_if_same()  # already in the vault
         except (Changed, FileNotFoundError) as exc:
-            return _skipped(candidate, exc)
+            return skipped(candidate, exc)
         except Rejected as exc:
-            return self._record_failure(candidate, self._reject(candidate, exc), None)
+            return self.failures.record(candidate, rejected(candidate, exc), None)
         return FileResult(candidate.rel_path, "unchanged", existing.doc_id, candidate.group)
 
     def _done(self, existing: Document, digest: str) -> bool:
@@ -303,16 +305,16 @@ class Pipeline:
         try:
             step = future.result()
             if isinstance(step, FileResult):
-                return self._record_failure(candidate, step, digest, quarantine_file)
-            return self._write(candidate, step, digest)
+                return self.failures.record(candidate, step, digest, quarantine_file)
+            return self.writer.write(candidate, step, digest)
         except Changed as exc:  # the file was replaced or is gone since the scan
-            return _skipped(candidate, exc)
+            return skipped(candidate, exc)
         except StoreUnavailable:  # not the file's fault: the job stops, the file stays
             raise
         except IngestError as exc:  # Rejected, a missing tool, Milvus refusing the write...
             if not isinstance(exc, Rejected):
                 log.error("ingesting %s failed [%s]", candidate.rel_path, exc.code)
-            failure = self._reject(candidate, exc)
+            failure = rejected(candidate, exc)
         except Exception as exc:  # noqa: BLE001 - one bad file never stops the batch
             log.error(
                 "ingesting %s failed [%s: %s]; `appliance docs show` with --details has it",
@@ -320,134 +322,15 @@ class Pipeline:
                 INTERNAL,
                 type(exc).__name__,
             )
-            failure = self._reject(candidate, IngestError("Indexing failed.", code=INTERNAL))
+            failure = rejected(candidate, IngestError("Indexing failed.", code=INTERNAL))
             failure.detail = "".join(traceback.format_exception(exc))
-        return self._record_failure(candidate, failure, digest, quarantine_file)
+        return self.failures.record(candidate, failure, digest, quarantine_file)
 
     def _prepare(self, step: Prepared) -> Prepared:
         t0 = time.perf_counter()
         vectors = self.embedder.embed_documents([c.embed_text for c in step.chunks])
         stages = dict(step.stages, embed_s=time.perf_counter() - t0)
         return Prepared(step.parsed, step.chunks, vectors, stages, step.tfs)
-
-    def _write(
-        self, candidate: Candidate, prepared: Prepared, digest: str, *, original: bool = True
-    ) -> FileResult:
-        t0 = time.perf_counter()
-        opened = open_candidate(candidate) if original and self.vault is not None else None
-        doc_id, version = self.registry.begin_version(
-            source=self.source,
-            rel_path=candidate.rel_path,
-            group=candidate.group,
-            content_hmac=digest,
-            size=candidate.size,
-            fmt=candidate.path.suffix.lower(),
-        )
-        try:
-            records, counts = build_records(
-                doc_id,
-                version,
-                candidate.group,
-                prepared,
-                corpus=self.registry.corpus([candidate.group]),
-                cipher=self.cipher,
-                bm25=self.options.bm25,
-            )
-            self._insert(doc_id, version, records)
-            if self.vault is not None and opened is not None:
-                # Record the storage id first: a crash during put leaves a known id to clean up.
-                storage_id = secrets.token_hex(16)
-                self.registry.set_version_vault(doc_id, version, storage_id)
-                with opened.reader() as original_bytes:
-                    self.vault.put(original_bytes, storage_id=storage_id)
-            title = self.cipher.seal(
-                f"title:{doc_id}:{version}", prepared.parsed.title.encode("utf-8")
-            )
-            superseded = self.registry.commit_version(
-                doc_id,
-                version,
-                counts=counts,
-                pages=prepared.parsed.pages,
-                title_enc=title,
-                size=candidate.size,
-                fmt=candidate.path.suffix.lower(),
-                warnings=prepared.parsed.warnings,
-            )
-        except StoreUnavailable:  # Milvus is gone: recover() deletes this version later
-            if opened is not None:
-                opened.close()
-            raise
-        except BaseException:
-            self._discard(Unfinished(doc_id, version, ""))
-            if opened is not None:
-                opened.close()
-            raise
-        self._cleanup(superseded)
-        if opened is not None:
-            with opened:
-                if self.source == "inbox":
-                    opened.unlink_if_same()
-        stages = dict(prepared.stages, write_s=time.perf_counter() - t0)
-        return FileResult(
-            candidate.rel_path,
-            "indexed",
-            doc_id,
-            candidate.group,
-            pages=prepared.parsed.pages,
-            chunks=len(prepared.chunks),
-            stages=stages,
-            warnings=prepared.parsed.warnings,
-        )
-
-    # ----- failures ---------------------------------------------------------------------------
-    def _reject(self, candidate: Candidate, exc: IngestError) -> FileResult:
-        """A failed result: a code of the fixed table and its generic message; the error's own
-        message is only the (to be sealed) detail."""
-        code = known_code(exc.code)
-        return FileResult(
-            candidate.rel_path,
-            "failed",
-            None,
-            candidate.group,
-            code=code,
-            reason=reason_message(code),
-            detail=f"[{exc.code}] {exc.diagnostics()}",
-        )
-
-    def _record_failure(
-        self, candidate: Candidate, result: FileResult, digest: str | None, move: bool = True
-    ) -> FileResult:
-        result.doc_id = self.registry.fail(
-            source=self.source,
-            rel_path=candidate.rel_path,
-            group=candidate.group,
-            code=result.code,
-            reason=result.reason,
-            content_hmac=digest,
-            size=candidate.size,
-            fmt=candidate.path.suffix.lower(),
-            detail=seal_detail(
-                self.cipher,
-                source=self.source,
-                rel_path=candidate.rel_path,
-                detail=result.detail[-MAX_DETAIL_CHARS:],
-            ),
-        )
-        if move and self.source == "inbox" and result.code != LinkRefused.code:
-            self._quarantine(candidate, result, digest)
-        return result
-
-    def _quarantine(self, candidate: Candidate, result: FileResult, digest: str | None) -> None:
-        """Move a failed inbox file to `_failed`. If a link is in the way it stays where it
-        is, recorded again as ``symlink`` (and not tried again while it is unchanged)."""
-        try:
-            quarantine(self.drop, candidate, code=result.code, reason=result.reason)
-        except LinkRefused as exc:
-            result.detail = f"[{result.code}] {result.detail} Not moved to {FAILED_DIR}: {exc}"
-            result.code, result.reason = exc.code, reason_message(exc.code)
-            self._record_failure(candidate, result, digest, move=False)
-        except (Changed, FileNotFoundError):
-            pass  # replaced or gone meanwhile: the next pass sees what is there now
 
     # ----- deletions, recovery ----------------------------------------------------------------
     def _sync_deletions(self, present: set[str]) -> Iterable[FileResult]:
@@ -475,12 +358,12 @@ class Pipeline:
         results = []
         for candidate, digest, p in prepared:
             if not p.chunks:
-                failure = self._reject(candidate, Rejected("No text to index.", code="empty"))
-                results.append(self._record_failure(candidate, failure, digest, move=False))
+                failure = rejected(candidate, Rejected("No text to index.", code="empty"))
+                results.append(self.failures.record(candidate, failure, digest, move=False))
                 continue
             batch = [next(vectors) for _ in p.chunks]
             results.append(
-                self._write(
+                self.writer.write(
                     candidate,
                     Prepared(p.parsed, p.chunks, batch, {}, p.tfs),
                     digest,
@@ -538,43 +421,11 @@ class Pipeline:
         return result
 
     def delete_document(self, doc_id: str) -> None:
-        for item in self.registry.delete(doc_id):
-            self._discard(item)
-        self.registry.purge(doc_id)
+        self.writer.delete_document(doc_id)
 
     def recover(self) -> int:
         """Delete what interrupted or superseded versions left in Milvus and the vault."""
-        items = self.registry.unfinished()
-        self._cleanup(items)
-        if self.vault is not None:
-            self.vault.sweep_partial()
-        return len(items)
-
-    def _cleanup(self, items: Iterable[Unfinished]) -> None:
-        for item in items:
-            self._discard(item)
-
-    def _insert(self, doc_id: str, version: int, records: list[ChunkRecord]) -> None:
-        """Write a version's chunks; after an outage, first delete what a failed attempt may
-        have left (a batch written before the server died, or one whose reply was lost), and
-        count the rows afterwards: a chunk written twice would be retried once more."""
-
-        def again() -> None:
-            self.store.delete_document(doc_id, version=version)
-            self.store.insert(records)
-            if self.store.count(doc_id, version) != len(records):
-                raise StoreUnavailable(f"The rows of {doc_id} did not match after a retry.")
-
-        self.milvus.call(lambda: self.store.insert(records), what=f"writing {doc_id}", again=again)
-
-    def _discard(self, item: Unfinished) -> None:
-        self.milvus.call(
-            lambda: self.store.delete_document(item.doc_id, version=item.version),
-            what=f"deleting {item.doc_id} version {item.version}",
-        )
-        if item.vault_id and self.vault is not None:
-            self.vault.delete(item.vault_id)
-        self.registry.cleaned(item)
+        return self.writer.recover()
 
 
 _Todo = tuple[Candidate, str]  # a file and its keyed content hash
@@ -583,25 +434,6 @@ _Embedded = tuple[_Todo, Future[Prepared | FileResult]]
 
 def _chunk_count(step: Prepared | FileResult) -> int:
     return len(step.chunks) if isinstance(step, Prepared) else 0
-
-
-def _skipped(candidate: Candidate, exc: Exception) -> FileResult:
-    """A file replaced or gone since the scan: nothing recorded, the next pass takes it."""
-    reason = exc.message if isinstance(exc, Changed) else f"{candidate.rel_path} is gone."
-    code = Changed.code
-    return FileResult(candidate.rel_path, "skipped", None, candidate.group, code, reason)
-
-
-def _group_problem(candidate: Candidate) -> str:
-    if not candidate.group:
-        return (
-            "Files must be inside a group folder (drop/<group>/…); drop/public/ is visible "
-            "to everyone."
-        )
-    return (
-        f"'{candidate.group}' is not a valid group folder name: use lower-case letters, "
-        f"digits, '.', '_' or '-' (and not '{FAILED_DIR}')."
-    )
 
 
 __all__ = ["FileResult", "IngestError", "IngestOptions", "JobReport", "Pipeline"]
