@@ -11,9 +11,10 @@ Crash safety, step by step for one file (a `kill -9` may hit anywhere):
 6. inbox only: the original is removed from the drop folder.
 
 Steps 2-6 and the recovery are `ingest.version_writer`; a file that fails is recorded and
-quarantined by `ingest.failures`. :meth:`Pipeline.recover` (run before every pass) deletes the chunks and vault copies of versions
-that never became current or were superseded, so a restart leaves no duplicates and no orphan
-chunks; a file whose step 6 did not happen is recognised by its keyed content hash and removed.
+quarantined by `ingest.failures`. :meth:`Pipeline.recover` (run before every pass) deletes the
+chunks and vault copies of versions that never became current or were superseded, so a restart
+leaves no duplicates and no orphan chunks; a file whose step 6 did not happen is recognised by
+its keyed content hash and removed.
 
 Work split on two cores (see `ingest.stages`): worker threads wait for parse children, which
 also chunk and count BM25 terms (they need only the embedder's tokenizer, sent as JSON) and run
