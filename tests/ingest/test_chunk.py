@@ -27,10 +27,10 @@ from ingest.chunk import (
     Chunk,
     ChunkParams,
     CountTokens,
-    _longest_fit,
     chunk_document,
     count_tokens_whitespace,
 )
+from ingest.chunk_pack import longest_fit
 from ingest.elements import Element, ElementKind, ParsedDocument, Table
 from ingest.textsplit import split_sentences
 
@@ -435,7 +435,7 @@ def test_longest_fit_finds_the_last_fitting_count_from_any_guess(n: int) -> None
             asked.append(k)
             return k <= last
 
-        assert _longest_fit(n, fits, guess) == last
+        assert longest_fit(n, fits, guess) == last
         assert len(asked) <= 2 or guess != last  # a right guess costs two checks at most
 
 
