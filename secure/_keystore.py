@@ -12,13 +12,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ._encoding import atomic_write, b64d, b64e, canonical_json, field, parse_json_object
 from .errors import FormatError, KeyringError, TamperedError
-
-if TYPE_CHECKING:
-    from .keyring import Keyring
 
 DATA_KEY_LEN = 32
 NONCE_LEN = 12
@@ -82,17 +79,28 @@ def check_context(context: object) -> None:
         raise FormatError(f"A key context must be a non-empty string of <= {MAX_CONTEXT} bytes.")
 
 
+class Wrapper(Protocol):
+    """What a key store needs of the keyring that wraps its data key (`secure.keyring.Keyring`;
+    named by this protocol so that the two modules do not import each other)."""
+
+    def wrap(self, data_key: bytes, *, context: str) -> WrappedKey: ...
+    def unwrap(self, wrapped: WrappedKey, *, context: str) -> bytes: ...
+    def rewrap(self, wrapped: WrappedKey, *, context: str) -> WrappedKey: ...
+    def register_store(self, path: Path) -> None: ...
+    def forget_store(self, path: Path) -> None: ...
+
+
 class KeyStore:
     """One wrapped data key in its own file, registered with the keyring that wraps it."""
 
-    def __init__(self, path: Path, keyring: Keyring, context: str, wrapped: WrappedKey) -> None:
+    def __init__(self, path: Path, keyring: Wrapper, context: str, wrapped: WrappedKey) -> None:
         self.path = Path(path)
         self.keyring = keyring
         self.context = context
         self.wrapped = wrapped
 
     @classmethod
-    def create(cls, path: Path, keyring: Keyring, *, context: str) -> tuple[KeyStore, bytes]:
+    def create(cls, path: Path, keyring: Wrapper, *, context: str) -> tuple[KeyStore, bytes]:
         """Make a new random data key, wrap it, register and write the store; return both.
 
         Refuses to overwrite an existing store: that would destroy the key to its data.
@@ -114,7 +122,7 @@ class KeyStore:
         return store, data_key
 
     @classmethod
-    def read(cls, path: Path, keyring: Keyring) -> KeyStore:
+    def read(cls, path: Path, keyring: Wrapper) -> KeyStore:
         """Parse a store file without unwrapping (for rewrap and inventory)."""
         path = Path(path)
         try:
@@ -129,7 +137,7 @@ class KeyStore:
         return cls(path, keyring, context, wrapped)
 
     @classmethod
-    def load(cls, path: Path, keyring: Keyring, *, context: str) -> tuple[KeyStore, bytes]:
+    def load(cls, path: Path, keyring: Wrapper, *, context: str) -> tuple[KeyStore, bytes]:
         """Read the store and unwrap its data key for ``context``."""
         store = cls.read(path, keyring)
         if store.context != context:
