@@ -222,7 +222,7 @@ class EmbeddingSettings(Section):
     trace_queries: bool = Field(
         True,
         description="embed questions through a TorchScript trace of the model, checked "
-        "against the eager model at start (same vectors, ~3 ms sooner, ~76 MB more memory); falls "
+        "against the eager model at start (same vectors, ~4 ms sooner, ~76 MB more memory); falls "
         "back by itself",
     )
 

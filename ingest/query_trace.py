@@ -1,11 +1,11 @@
-"""The query encoder compiled once with TorchScript: the same vectors, about 2-3 ms sooner.
+"""The query encoder compiled once with TorchScript: the same vectors, about 4 ms sooner.
 
 A question's embedding is the largest part of retrieval time once the dense search runs in
 memory (`appliance.rag.dense_memory`): 11-13 ms of a 26-31 ms hybrid search at 100k chunks on
 the 2-core CPU. Most of it is PyTorch's eager dispatch over a few tokens, not arithmetic. Tracing
 the sentence-transformers forward for one unpadded text, then freezing it
-(``torch.jit.freeze`` + ``optimize_for_inference``) runs a 10-token query in 8.7 ms p50 against
-11.0 ms eager, measured alternately in one process (docs/benchmarks.md).
+(``torch.jit.freeze`` + ``optimize_for_inference``) embeds msmarco questions in 8.6 ms p50
+against 13.3 ms eager, measured alternately in one run (``bench/bench_latency.py``).
 
 A trace records one input's path through Python, so it is trusted only after checking it:
 :func:`trace_queries` compares the traced vectors with the eager model's on probe texts of
@@ -85,7 +85,7 @@ def trace_queries(
         sample = preprocess(_SAMPLE)
         keys = _keys(sample)
         tensors, constants = _split(sample)
-        wrapper = _Forward(model, keys, constants).eval()
+        wrapper = _forward_module(model, keys, constants).eval()
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings: the probes below are the check
             traced = torch.jit.trace(wrapper, tuple(tensors), check_trace=False)
@@ -124,7 +124,7 @@ def _split(features: dict[str, Any]) -> tuple[list[Any], tuple[tuple[str, Any], 
     return tensors, constants
 
 
-def _Forward(model: Any, keys: Sequence[str], constants: Sequence[tuple[str, Any]]) -> Any:
+def _forward_module(model: Any, keys: Sequence[str], constants: Sequence[tuple[str, Any]]) -> Any:
     """The model's forward as a module of positional tensors (what tracing needs)."""
     import torch
 

@@ -74,7 +74,7 @@ def dense_memory_status(settings: Any, knowledge: Any, serve: Heartbeat) -> dict
 
 def query_path_status(settings: Any, knowledge: Any, serve: Heartbeat) -> str:
     """How questions are embedded ("traced", or "eager: why"): the server's, from its
-    heartbeat, else this process's embedder if it has embedded a question."""
+    heartbeat, else this process's embedder if it has loaded one."""
     if not settings.embedding.trace_queries:
         return "eager: embedding.trace_queries = false"
     if serve.alive and serve.pid != os.getpid() and isinstance(serve.info.get("query_path"), str):
