@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.datastructures import QueryParams
 
 from appliance.asgi import read_body, replay
 from appliance.errors import ApplianceError, AuthError, TooLarge
@@ -147,8 +148,10 @@ async def _page_of(scope: Any, receive: Any) -> tuple[bool, str | None, Any]:
     replays the body read to find it."""
     path = scope["path"]
     if path == "/gradio_api/queue/data":
-        found = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("session_hash")
-        return True, (found[0] if found else None), receive
+        # Read as Gradio reads it (Starlette's QueryParams); a hash named twice is refused,
+        # since the check and Gradio could each take a different one (the first, the last).
+        found = QueryParams(scope.get("query_string", b"")).getlist("session_hash")
+        return True, (found[0] if len(found) == 1 else None), receive
     if path.startswith("/gradio_api/heartbeat/"):
         return True, path.removeprefix("/gradio_api/heartbeat/").strip("/") or None, receive
     if path.rstrip("/") not in HASH_IN_BODY or scope["method"] != "POST":
@@ -158,11 +161,18 @@ async def _page_of(scope: Any, receive: Any) -> tuple[bool, str | None, Any]:
     except TooLarge:
         body = b""  # no session hash found: refused 400 (FileGuard, outside, answers 413 first)
     try:
-        data = json.loads(body) if body else {}
-    except ValueError:
+        data = json.loads(body, object_pairs_hook=_unique_keys) if body else {}
+    except ValueError:  # not JSON, or a key named twice (which one would Gradio take?)
         data = {}
     page = data.get("session_hash") if isinstance(data, dict) else None
     return True, (page if isinstance(page, str) else None), replay(body, receive)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("a key is repeated")
+    return dict(pairs)
 
 
 def _refuse(status: int, message: str) -> JSONResponse:

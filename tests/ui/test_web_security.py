@@ -113,6 +113,34 @@ def test_another_login_gets_nothing_of_a_page(served: tuple[str, UiWorld]) -> No
     assert QUESTION in again.data[0] and "11:30" in again.raw  # fred's page is intact
 
 
+def test_a_page_named_twice_is_refused(served: tuple[str, UiWorld]) -> None:
+    """The guard must check the page Gradio serves: naming one's own page and another's in
+    one request (query or JSON body) would pass a check of the first while Gradio, like
+    Starlette, takes the last (found by an outside review)."""
+    url, world = served
+    fred = Page(signed_in(url, "fred"))
+    for fn in fred.load_fns():
+        assert fred.call(fn, []).completed is not None
+    hana = Page(signed_in(url, "hana"))
+    for fn in hana.load_fns():
+        assert hana.call(fn, []).completed is not None  # hana's own page is bound to her
+    both = [("session_hash", hana.session_hash), ("session_hash", fred.session_hash)]
+    for params in (both, both[::-1]):
+        with hana.client.stream("GET", "/gradio_api/queue/data", params=params) as stream:
+            assert stream.status_code == 400
+            assert SECRET not in stream.read().decode()
+    body = (
+        f'{{"data": ["What else?", [], null], "fn_index": {hana.fn("ask")}, '
+        f'"session_hash": "{hana.session_hash}", "session_hash": "{fred.session_hash}"}}'
+    )
+    joined = hana.client.post(
+        "/gradio_api/queue/join", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert joined.status_code == 400 and SECRET not in joined.text
+    asked = fred.call(fred.fn("ask"), [QUESTION, [], None])
+    assert SECRET in asked.raw  # fred's own page still works
+
+
 def test_every_event_handler_checks_the_page_owner(served: tuple[str, UiWorld]) -> None:
     """Each handler of the page, called directly as Gradio would (so without the guard in
     front of the queue), refuses a page that belongs to another login before using its state."""
