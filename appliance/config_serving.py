@@ -127,9 +127,10 @@ class ServeSettings(Section):
         "Secure and the web UI's origin is https",
     )
     trusted_proxies: list[str] = Field(
-        ["127.0.0.1"],
+        [],
         description="addresses whose X-Forwarded-Proto and X-Forwarded-For headers are believed "
-        "(uvicorn's forwarded_allow_ips); empty: none",
+        "(uvicorn's forwarded_allow_ips), e.g. a reverse proxy's; empty (the default): none, so "
+        "nobody can claim another client address",
     )
     public_origin: str | None = Field(
         None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -148,3 +149,29 @@ def test_the_device_cookie_is_private_to_the_login_form(served: tuple[str, UiWor
     cookies: Any = response.headers.get_list("set-cookie")
     (device,) = [c for c in cookies if c.startswith(DEVICE_COOKIE + "=")]
     assert "HttpOnly" in device and "SameSite=strict" in device and "Path=/login" in device
+
+
+def test_by_default_no_client_chooses_its_own_address(tmp_path: Path) -> None:
+    """With the default settings no proxy is trusted: a client (here on loopback, where a TCP
+    forwarder or a local user would be) that writes X-Forwarded-For is still seen, throttled
+    and audited at its real address (found by an outside-style review: the old default
+    believed loopback, so rotating the header escaped the throttle and forged audit entries)."""
+    from appliance.config_serving import ServeSettings
+    from appliance.serve.server import build_app, proxy_options
+    from ingest.embed import Embedder
+    from tests.support.server import running_server
+
+    assert ServeSettings().trusted_proxies == []
+    world = build(tmp_path, Embedder.load("bundled", threads=1), docs={})
+    try:
+        options = proxy_options(ServeSettings())
+        with running_server(build_app(world.runtime, ui=True), **options) as url:
+            start = last_seq(world)
+            claimed = [f"10.6.6.{i}" for i in range(1, 13)]  # a new address for every guess
+            answers = [post_login(url, "fred", f"guess {a}", a).content for a in claimed]
+        entries = [e for e in world.app.secure.audit.tail(100) if e.seq > start]
+        clients = {e.details.get("client") for e in entries if e.action == "session.login"}
+        assert clients == {"127.0.0.1"}
+        assert THROTTLED.encode() in answers[-1]  # one address, so the throttle applies
+    finally:
+        world.close()
