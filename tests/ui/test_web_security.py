@@ -117,7 +117,7 @@ def test_a_page_named_twice_is_refused(served: tuple[str, UiWorld]) -> None:
     """The guard must check the page Gradio serves: naming one's own page and another's in
     one request (query or JSON body) would pass a check of the first while Gradio, like
     Starlette, takes the last (found by an outside review)."""
-    url, world = served
+    url, _ = served
     fred = Page(signed_in(url, "fred"))
     for fn in fred.load_fns():
         assert fred.call(fn, []).completed is not None
