@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,11 @@ def serve(ctx: CliContext, host: str | None, port: int | None, no_ui: bool) -> N
     scheme = "https" if tls else "http"
     bind_host, bind_port = host or s.host, port or s.port
     click.echo(f"serving on {scheme}://{bind_host}:{bind_port}/", err=True)
+    # uvicorn stops gracefully on SIGTERM (systemd, docker stop) and then raises the signal
+    # again for its default handler, which would end the process before the cleanup below
+    # (the web UI's cached uploads in /dev/shm among it): exit through `finally` instead, with
+    # status 0, as a stop that was asked for and done (systemd marks 143 as a failure).
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(
             app,
@@ -78,8 +84,13 @@ def serve(ctx: CliContext, host: str | None, port: int | None, no_ui: bool) -> N
             **proxy_options(s),
         )
     finally:
+        signal.signal(signal.SIGTERM, previous)
         stop_heartbeat()
         runtime.close()
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _tls_files(cert: Path | None, key: Path | None) -> tuple[Path, Path] | None:

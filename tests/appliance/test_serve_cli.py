@@ -162,3 +162,42 @@ def test_serve_speaks_tls_from_configured_files(world: World, tmp_path: Path) ->
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
     assert f"serving on https://127.0.0.1:{port}/" in out, out
+
+
+def test_sigterm_stops_the_server_and_removes_its_cached_uploads(
+    world: World, tmp_path: Path
+) -> None:
+    """systemd and `docker stop` send SIGTERM; uvicorn re-raises it after its graceful stop,
+    which used to end the process before the cleanup: uploads waiting in the web UI's memory
+    folder stayed there until reboot (found by an outside-style review)."""
+    from ui.cache import location
+
+    shm = tmp_path / "shm"
+    port = free_port()
+    env = {
+        **_env(world),
+        "APPLIANCE__SERVE__UI_CACHE_DIR": str(shm),
+        "APPLIANCE__SERVE__WATCH_DROP": "false",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    cache = location(world.home, shm)
+    try:
+        deadline, status = time.monotonic() + 180, None
+        while time.monotonic() < deadline and proc.poll() is None and status is None:
+            try:
+                status = httpx.get(f"http://127.0.0.1:{port}/healthz").status_code
+            except httpx.TransportError:
+                time.sleep(0.5)
+        assert status == 200 and cache.is_dir()
+        (cache / "pending-upload.docx").write_bytes(b"an upload nobody submitted")
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out  # a stop that was asked for, done after the cleanup
+    assert not cache.exists(), out
