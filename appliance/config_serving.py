@@ -147,6 +147,12 @@ class ServeSettings(Section):
     ui_upload_max_age_s: int = Field(
         300, ge=1, description="uploaded files not submitted within this many seconds are deleted"
     )
+    ui_upload_quota_mb: int = Field(
+        1024,
+        ge=1,
+        description="most MiB of uploaded, not yet submitted files one user may keep in the web "
+        "UI's upload area (it is memory); uploads past it are refused until some are submitted",
+    )
 
 
 class MonitoringSettings(Section):

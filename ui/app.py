@@ -22,6 +22,7 @@ from .guard import OriginGuard, PageGuard
 from .i18n import TABLES, t
 from .pages import admin, admin_finetune, admin_users, chat, history, upload
 from .routes import LoginRedirect, add_routes
+from .upload_owners import Owners, UploadGate
 
 CITE_JS = """<script>
 document.addEventListener('click', function (e) {
@@ -112,6 +113,12 @@ def _refused(ctx: UiContext, scope: Any, raw: str, reason: str) -> None:
     ctx.refuse_file(Request(scope).cookies, raw, route=str(scope.get("path", "")), reason=reason)
 
 
+def _user_of(ctx: UiContext, scope: Any) -> str | None:
+    from starlette.requests import Request
+
+    return ctx.session_name(Request(scope).cookies)
+
+
 def _invalid_session(ctx: UiContext, client: str, route: str, count: int) -> None:
     ctx.runtime.app.secure.record(
         "access.denied",
@@ -150,15 +157,28 @@ def mount_ui(app: FastAPI, runtime: Any) -> None:
     os.environ["GRADIO_TEMP_DIR"] = str(cache.path)
     ctx = UiContext.build(runtime)
     ctx.cache = cache.start()
+    ctx.owners = owners = Owners(cache.path)
     runtime.extras["ui"] = ctx
     add_routes(app, ctx)
     # Middleware runs outermost first, i.e. in the reverse of the order added here:
-    # OriginGuard (cross-site requests) -> SessionGate (no live session: 401) -> FileGuard
-    # (forged file paths) -> PageGuard (unused routes, a page of another login) -> LoginRedirect.
+    # OriginGuard (cross-site requests) -> SessionGate (no live session: 401) -> UploadGate
+    # (quota, another login's uploads) -> FileGuard (forged file paths) -> PageGuard (unused
+    # routes, a page of another login) -> LoginRedirect.
     app.add_middleware(LoginRedirect, ctx=ctx)
     app.add_middleware(PageGuard, ctx=ctx)
+    refused = lambda scope, raw, why: _refused(ctx, scope, raw, why)  # noqa: E731
     app.add_middleware(
-        FileGuard, cache=cache.path, audit=lambda scope, raw, why: _refused(ctx, scope, raw, why)
+        FileGuard,
+        cache=cache.path,
+        audit=refused,
+        owned=lambda scope, path: owners.owned_by(path, _user_of(ctx, scope)),
+    )
+    app.add_middleware(
+        UploadGate,
+        owners=owners,
+        user_of=lambda scope: _user_of(ctx, scope),
+        quota_bytes=settings.serve.ui_upload_quota_mb * 2**20,
+        audit=refused,
     )
     app.add_middleware(
         SessionGate,

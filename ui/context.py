@@ -32,6 +32,7 @@ from .binding import HashBindings
 from .cache import UiCache
 from .errors import error_message, request_lang
 from .i18n import pick_language
+from .upload_owners import Owners
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,6 +48,7 @@ class UiContext:
     uploads: Uploads
     bindings: HashBindings = field(default_factory=lambda: HashBindings(ttl_s=86400))
     cache: UiCache | None = None
+    owners: Owners | None = None  # who uploaded each cached file (ui.upload_owners)
 
     @classmethod
     def build(cls, runtime: Any) -> UiContext:
@@ -77,6 +79,10 @@ class UiContext:
         if self.cache is None:
             raise RuntimeError("the UI cache is not open")
         return self.cache.path
+
+    def foreign_upload(self, path: Path, user: Any) -> bool:
+        """Whether another login uploaded this cached file."""
+        return self.owners is not None and self.owners.foreign(path, user.name)
 
     def session_name(self, cookies: Any, *, touch: bool = False) -> str | None:
         """The user name of a live session (Gradio's auth hook), or None. Not activity by

@@ -9,7 +9,8 @@ event copied them into the user's group (security review, issue 12, item 1).
 :class:`FileGuard` closes that at the door, for every event of every component: an ASGI
 middleware in front of the Gradio app reads each event body (capped) and refuses it, before
 Gradio sees it, if any object in it names a ``path`` that is a URL or does not resolve (links
-followed) to a regular file inside the upload cache. Refusals are audited as ``access.denied``
+followed) to a regular file inside the upload cache that this login uploaded
+(:mod:`ui.upload_owners`). Refusals are audited as ``access.denied``
 (reason ``UPLOAD_PATH``) with the user of the session cookie, and answered 403 with a generic
 message; a body over :data:`MAX_EVENT_BODY` is refused 413 and audited (``BODY_TOO_LARGE``).
 :func:`checked_upload` repeats the check where the upload handler takes a path, so the
@@ -38,6 +39,8 @@ MESSAGE = "Only files uploaded through this page can be submitted."
 
 # (ASGI scope, offending path or "", reason) -> records the refusal
 Audit = Callable[[dict[str, Any], str, str], None]
+# (ASGI scope, a cached file) -> whether the request's login uploaded it (ui.upload_owners)
+Owned = Callable[[dict[str, Any], Path], bool]
 
 
 def cached_file(raw: object, cache: Path) -> Path | None:
@@ -66,10 +69,16 @@ def named_paths(data: Any) -> Iterator[object]:
             stack.extend(item)
 
 
-def checked_upload(raw: str, cache: Path, refuse: Callable[[str], None]) -> Path:
-    """The cached file behind ``raw``; otherwise ``refuse(raw)`` (which audits) and Forbidden."""
+def checked_upload(
+    raw: str,
+    cache: Path,
+    refuse: Callable[[str], None],
+    foreign: Callable[[Path], bool] = lambda path: False,
+) -> Path:
+    """The cached file behind ``raw``; otherwise (or if ``foreign``: another login uploaded
+    it) ``refuse(raw)`` (which audits) and Forbidden."""
     found = cached_file(raw, cache)
-    if found is None:
+    if found is None or foreign(found):
         refuse(raw)
         raise Forbidden(MESSAGE, hint="Choose the file again in the upload box.")
     return found
@@ -78,8 +87,8 @@ def checked_upload(raw: str, cache: Path, refuse: Callable[[str], None]) -> Path
 class FileGuard:
     """ASGI middleware: refuse Gradio event bodies that name files outside the upload cache."""
 
-    def __init__(self, app: Any, *, cache: Path, audit: Audit) -> None:
-        self.app, self.cache, self.audit = app, Path(cache), audit
+    def __init__(self, app: Any, *, cache: Path, audit: Audit, owned: Owned | None = None) -> None:
+        self.app, self.cache, self.audit, self.owned = app, Path(cache), audit, owned
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if not _guarded(scope):
@@ -93,14 +102,14 @@ class FileGuard:
             return
         if body is None:
             return  # the client went away
-        bad = self._offending(body)
+        bad = self._offending(body, scope)
         if bad is not None:
             self.audit(scope, bad, REASON)
             await _reply(send, 403, MESSAGE)
             return
         await self.app(scope, replay(body, receive), send)
 
-    def _offending(self, body: bytes) -> str | None:
+    def _offending(self, body: bytes, scope: Any) -> str | None:
         if not body.strip():
             return None
         try:
@@ -108,7 +117,8 @@ class FileGuard:
         except ValueError:
             return None  # not JSON: Gradio refuses it; no FileData can hide in it
         for raw in named_paths(data):
-            if cached_file(raw, self.cache) is None:
+            found = cached_file(raw, self.cache)
+            if found is None or (self.owned is not None and not self.owned(scope, found)):
                 return str(raw)[:512]
         return None
 

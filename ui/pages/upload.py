@@ -42,6 +42,7 @@ def build(ctx: UiContext, L: Label) -> dict[str, Any]:
                 str(raw),
                 ctx.upload_cache,
                 lambda bad: ctx.refuse_file(cookies, bad, route="upload"),
+                lambda path: ctx.foreign_upload(path, user),
             )
             for raw in paths or []
         ]
