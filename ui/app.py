@@ -18,7 +18,8 @@ from .context import UiContext
 from .file_guard import FileGuard
 from .format import language_links
 from .gate import RefusalLog, SessionGate
-from .guard import OriginGuard, PageGuard
+from .guard import OriginGuard, PageGuard, own_origins
+from .headers import SecurityHeaders
 from .i18n import TABLES, t
 from .pages import admin, admin_finetune, admin_users, chat, history, upload
 from .routes import LoginRedirect, add_routes
@@ -119,6 +120,12 @@ def _user_of(ctx: UiContext, scope: Any) -> str | None:
     return ctx.session_name(Request(scope).cookies)
 
 
+def _own_origins(ctx: UiContext, scope: Any) -> set[str]:
+    from starlette.requests import Request
+
+    return own_origins(Request(scope), ctx)
+
+
 def _invalid_session(ctx: UiContext, client: str, route: str, count: int) -> None:
     ctx.runtime.app.secure.record(
         "access.denied",
@@ -161,9 +168,10 @@ def mount_ui(app: FastAPI, runtime: Any) -> None:
     runtime.extras["ui"] = ctx
     add_routes(app, ctx)
     # Middleware runs outermost first, i.e. in the reverse of the order added here:
-    # OriginGuard (cross-site requests) -> SessionGate (no live session: 401) -> UploadGate
-    # (quota, another login's uploads) -> FileGuard (forged file paths) -> PageGuard (unused
-    # routes, a page of another login) -> LoginRedirect.
+    # SecurityHeaders (framing, foreign CORS grants) -> OriginGuard (cross-site requests) ->
+    # SessionGate (no live session: 401) -> UploadGate (quota, another login's uploads) ->
+    # FileGuard (forged file paths) -> PageGuard (unused routes, a page of another login) ->
+    # LoginRedirect.
     app.add_middleware(LoginRedirect, ctx=ctx)
     app.add_middleware(PageGuard, ctx=ctx)
     refused = lambda scope, raw, why: _refused(ctx, scope, raw, why)  # noqa: E731
@@ -186,6 +194,7 @@ def mount_ui(app: FastAPI, runtime: Any) -> None:
         refusals=RefusalLog(lambda client, route, n: _invalid_session(ctx, client, route, n)),
     )
     app.add_middleware(OriginGuard, ctx=ctx)
+    app.add_middleware(SecurityHeaders, own_origins=lambda scope: _own_origins(ctx, scope))
     labels = i18n()
     blocks = build_blocks(ctx, labels)
     # Gradio checks that an event's files came from its upload route only once `launch()` has

@@ -269,3 +269,31 @@ def test_uploads_wait_in_private_memory_and_expire(
     while Path(abandoned["path"]).exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not Path(abandoned["path"]).exists(), "an unsubmitted upload stayed in the cache"
+
+
+def test_other_local_origins_cannot_read_the_ui_and_it_cannot_be_framed(
+    served: tuple[str, UiWorld],
+) -> None:
+    """Gradio grants any localhost origin credentialed reads; another port of the same host is
+    the same site, so the session cookie went along (found by an outside-style review)."""
+    url, _ = served
+    client = signed_in(url, "fred")
+    for path in ("/config", "/gradio_api/info", "/gradio_api/user"):
+        for evil in ("http://127.0.0.1:9999", "http://localhost:3000"):
+            got = client.get(path, headers={"Origin": evil})
+            assert "access-control-allow-origin" not in got.headers, (path, evil, got.headers)
+            assert "access-control-allow-credentials" not in got.headers
+        preflight = client.options(
+            path,
+            headers={"Origin": "http://127.0.0.1:9999", "Access-Control-Request-Method": "GET"},
+        )
+        assert "access-control-allow-origin" not in preflight.headers
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["cache-control"] == "no-store"
+    assert page.headers["referrer-policy"] == "same-origin"  # Origin stays set on POSTs
+    assert page.headers["x-content-type-options"] == "nosniff"
+    login_page = httpx.get(f"{url}/login")
+    assert "form-action 'self'" in login_page.headers["content-security-policy"]  # its own
