@@ -43,7 +43,10 @@ DENSE_MEMORY_GAUGES = {
     "searches": "Dense searches the in-memory index answered since the server started",
     "fallbacks": "Dense searches sent to Milvus while the in-memory index was behind or off",
 }
-_CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,47}")
+# A reason code: upper case, as the leading word ("POLICY_EXPIRED: …", "UNKNOWN_MODEL") or in
+# brackets ("Model m is locked [POLICY_EXPIRED]: …"); prose ("No model is unlocked") is "other".
+_CODE = re.compile(r"^[A-Z][A-Z0-9_.-]{0,47}(?![a-z])")
+_BRACKETED = re.compile(r"\[([A-Z][A-Z0-9_.-]{0,47})\]")
 
 
 def reason_code(text: str | None) -> str:
@@ -51,7 +54,10 @@ def reason_code(text: str | None) -> str:
     if not text:
         return "none"
     match = _CODE.match(text.strip())
-    return match.group(0) if match else "other"
+    if match:
+        return match.group(0)
+    bracketed = _BRACKETED.search(text)
+    return bracketed.group(1) if bracketed else "other"
 
 
 class Metrics:

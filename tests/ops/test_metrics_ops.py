@@ -102,6 +102,10 @@ def test_reason_codes_are_bounded() -> None:
     assert reason_code("") == "none"
     assert reason_code("  !!! free text") == "other"
     assert len(reason_code("A" * 500)) == 48
+    # prose fallback reasons are not codes (`/metrics` showed reason="No" for "No model …")
+    assert reason_code("No model is unlocked for your role.") == "other"
+    assert reason_code("no model installed") == "other"
+    assert reason_code("Model m is locked [POLICY_EXPIRED]: ended") == "POLICY_EXPIRED"
 
 
 def test_observing_costs_microseconds() -> None:
