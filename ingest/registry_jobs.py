@@ -53,6 +53,13 @@ class JobLog:
                 (now or time.time(), status, counts, job_id),
             )
 
+    def forget_job(self, job_id: str) -> None:
+        """Delete a job and its file rows (a pass that changed nothing: a watcher runs one
+        every few seconds, and keeping them grew the registry without bound)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM job_files WHERE job_id=?", (job_id,))
+            db.execute("DELETE FROM jobs WHERE job_id=?", (job_id,))
+
     def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
         with self._db() as db:
             rows = db.execute(

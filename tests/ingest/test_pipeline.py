@@ -120,6 +120,23 @@ def test_same_content_again_is_a_no_op(kit: Kit) -> None:
     assert kit.store.count() == before and not (kit.drop / "hr/a.txt").exists()
 
 
+def test_passes_that_change_nothing_leave_no_job_rows(kit: Kit) -> None:
+    """A watcher runs a pass every few seconds; idle passes used to add a job row each (and a
+    file row per unchanged file in mirror mode): the registry grew without bound."""
+    put(kit.drop, "hr/a.txt", "Visitors sign in at the front desk.")
+    kit.pipeline.run_once(settle=False)
+    kept = kit.registry.jobs(100)
+    assert len(kept) == 1 and kept[0]["status"] == "done"
+    for _ in range(3):
+        kit.pipeline.run_once(settle=False)  # nothing new
+    put(kit.drop, "hr/a.txt", "Visitors sign in at the front desk.")  # the same content again
+    kit.pipeline.run_once(settle=False)
+    assert kit.registry.jobs(100) == kept
+    put(kit.drop, "hr/b.txt", "Contractors wear orange badges.")
+    kit.pipeline.run_once(settle=False)
+    assert len(kit.registry.jobs(100)) == 2
+
+
 def test_largest_files_are_parsed_first(lite_kit: Kit) -> None:
     """With one parse at a time, files come back in the order they were started."""
     kit = lite_kit

@@ -51,8 +51,12 @@ def test_watch_indexes_new_files_and_drops_deleted_ones(tmp_path: Path) -> None:
         doc = kit.registry.find("mirror", "ops/alerts.txt")
         assert doc is not None
         src.unlink()
-        took = wait_for(lambda: kit.store.chunk_ids(doc.doc_id) == [])
-        assert took < 15 and kit.registry.get(doc.doc_id) is None
+        # the chunks go first, then the registry row: wait for both (checking the row right
+        # after the chunks vanished raced with the purge)
+        took = wait_for(
+            lambda: kit.store.chunk_ids(doc.doc_id) == [] and kit.registry.get(doc.doc_id) is None
+        )
+        assert took < 15
     finally:
         stop.set()
         (kit.drop / "wake").write_text("x")  # wake the loop so it sees the stop flag
