@@ -211,5 +211,5 @@ def mount_ui(app: FastAPI, runtime: Any) -> None:
         i18n=labels,
         css=CSS,
         head=CITE_JS,
-        show_error=True,
+        show_error=False,  # our handlers raise gr.Error with a safe message; not raw exceptions
     )

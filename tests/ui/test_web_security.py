@@ -297,3 +297,44 @@ def test_other_local_origins_cannot_read_the_ui_and_it_cannot_be_framed(
     assert page.headers["x-content-type-options"] == "nosniff"
     login_page = httpx.get(f"{url}/login")
     assert "form-action 'self'" in login_page.headers["content-security-policy"]  # its own
+
+
+def test_refusals_of_named_values_are_audited_by_the_handlers(
+    served: tuple[str, UiWorld], tmp_path: Path
+) -> None:
+    """Another user's conversation id or a group one may not upload into used to be refused by
+    Gradio's choice check before any handler ran, so nothing was audited (outside review)."""
+    url, world = served
+    fred = Page(signed_in(url, "fred"))
+    for fn in fred.load_fns():
+        fred.call(fn, [])
+    asked = fred.call(fred.fn("ask"), [QUESTION, [], None])
+    assert asked.ok
+    (conversation,) = [c.id for c in world.app.conversations.history(_user_id(world, "fred"))][:1]
+    hana = Page(signed_in(url, "hana"))
+    for fn in hana.load_fns():
+        hana.call(fn, [])
+    start = last_seq(world)
+    stolen = hana.call(hana.fn("history-load"), [conversation])
+    assert not stolen.ok and SECRET not in stolen.raw
+    source = tmp_path / "note.md"
+    source.write_text("# Note\n\nAn upload aimed at another group.\n")
+    upload = hana.upload(source)
+    wrong_group = hana.call(hana.fn("upload-submit"), ["finance", [upload]])
+    assert not wrong_group.ok and not Path(upload["path"]).exists()
+    refused = [
+        (e.actor, e.object)
+        for e in world.app.secure.audit.tail(50)
+        if e.seq > start and e.action == "access.denied"
+    ]
+    assert ("user:hana", "ui:on_load") in refused and ("user:hana", "ui:on_upload") in refused
+    assert not any(d.group == "finance" and "note" in d.rel_path for d in _docs(world))
+    assert "Traceback" not in stolen.raw + wrong_group.raw
+
+
+def _user_id(world: UiWorld, name: str) -> str:
+    return str(world.app.users.get(name).id)
+
+
+def _docs(world: UiWorld) -> list[Any]:
+    return list(world.runtime.knowledge.registry.documents())

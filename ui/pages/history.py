@@ -16,7 +16,11 @@ Label = Callable[[str], Any]
 
 def build(ctx: UiContext, L: Label, chat: dict[str, Any]) -> None:
     with gr.Row():
-        pick = gr.Dropdown(label=L("history.pick"), choices=[], elem_id="history-pick")
+        # Any value reaches on_load, which refuses and audits another user's conversation
+        # (Gradio's own choice check refused it before, unaudited).
+        pick = gr.Dropdown(
+            label=L("history.pick"), choices=[], elem_id="history-pick", allow_custom_value=True
+        )
         refresh = gr.Button(L("admin.refresh"), elem_id="history-refresh")
         load = gr.Button(L("history.load"), variant="primary", elem_id="history-load")
 

@@ -19,7 +19,11 @@ POLL_S = 1.0
 
 
 def build(ctx: UiContext, L: Label) -> dict[str, Any]:
-    group = gr.Dropdown(label=L("upload.group"), choices=[], elem_id="upload-group")
+    # Any value reaches on_upload, where Uploads.save refuses and audits a group the user may
+    # not upload into (Gradio's own choice check refused it before, unaudited).
+    group = gr.Dropdown(
+        label=L("upload.group"), choices=[], elem_id="upload-group", allow_custom_value=True
+    )
     files = gr.File(
         label=L("upload.files"), file_count="multiple", type="filepath", elem_id="upload-files"
     )
