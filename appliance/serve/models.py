@@ -212,7 +212,7 @@ class ModelManager:
             states = [s.state for s in self._slots.values()]
         if name is not None and name not in self.store.installed():
             return ModelUnavailable(
-                f"Model {name} is not installed.",
+                f"Model {_shown(name)} is not installed.",  # a client's name: bounded
                 reason_code="UNKNOWN_MODEL",
                 hint="List models with GET /v1/models.",
             )
@@ -387,3 +387,8 @@ class ModelManager:
     def _emit(self, event: str, name: str, code: str) -> None:
         if self.on_event is not None:
             self.on_event(event, name, code)
+
+
+def _shown(name: str, limit: int = 80) -> str:
+    """A client-chosen model name as quoted in an error (not echoed in full)."""
+    return repr(name[:limit] + "…") if len(name) > limit else repr(name)

@@ -178,6 +178,14 @@ def test_policy_expiry_while_serving_unloads_zeroes_and_falls_back(
     assert unloads and unloads[-1].reason == "EXPIRED" and unloads[-1].object == MODEL
 
 
+def test_an_unknown_model_name_is_quoted_bounded(runtime: object) -> None:
+    """A client's model name goes into the error bounded (a 100,000-character name was
+    echoed in full; outside-style review)."""
+    error = runtime.models.why_unavailable("x" * 100_000)  # type: ignore[attr-defined]
+    assert error.reason_code == "UNKNOWN_MODEL" and len(error.message) < 200
+    assert runtime.models.why_unavailable("nope").message == "Model 'nope' is not installed."  # type: ignore[attr-defined]
+
+
 def test_watchdog_unloads_on_expiry_without_requests(world: World, tmp_path: Path) -> None:
     clock = Clock(NOW + 10)
     rt = open_runtime(world, clock=clock, embedder=bundled_embedder(), watchdog=False)
