@@ -98,14 +98,14 @@ class FileGuard:
             body = await read_body(receive, MAX_EVENT_BODY)
         except TooLarge:
             self.audit(scope, "", TooLarge.code)
-            await _reply(send, 413, "The request is too large.")
+            await json_reply(send, 413, "The request is too large.")
             return
         if body is None:
             return  # the client went away
         bad = self._offending(body, scope)
         if bad is not None:
             self.audit(scope, bad, REASON)
-            await _reply(send, 403, MESSAGE)
+            await json_reply(send, 403, MESSAGE)
             return
         await self.app(scope, replay(body, receive), send)
 
@@ -130,7 +130,8 @@ def _guarded(scope: Any) -> bool:
     return path.rstrip("/") != UPLOAD_ROUTE and not path.startswith(OWN_ROUTES)
 
 
-async def _reply(send: Any, status: int, message: str) -> None:
+async def json_reply(send: Any, status: int, message: str) -> None:
+    """Answer an ASGI request with ``{"detail": message}`` (for the guards in front of Gradio)."""
     body = json.dumps({"detail": message}).encode("utf-8")
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .file_guard import cached_file
+from .file_guard import cached_file, json_reply
 
 __all__ = ["RESERVE_SHARE", "Owners", "UploadGate"]
 
@@ -93,7 +93,7 @@ class UploadGate:
         if path.rstrip("/") == UPLOAD_ROUTE and scope.get("method") == "POST":
             await self._upload(scope, receive, send)
         elif path.startswith(FILE_ROUTE) and not self._readable(scope, path):
-            await _reply(send, 404, "Not Found")
+            await json_reply(send, 404, "Not Found")
         else:
             await self.app(scope, receive, send)
 
@@ -109,7 +109,7 @@ class UploadGate:
         refusal = self._refusal(user, _length(scope))
         if refusal is not None:
             self.audit(scope, UPLOAD_ROUTE, refusal[0])
-            await _reply(send, 413, refusal[1])
+            await json_reply(send, 413, refusal[1])
             return
         reply = _Captured(send)
         await self.app(scope, receive, reply)
@@ -159,10 +159,3 @@ def _paths(body: bytes) -> list[str]:
     except ValueError:
         return []
     return [p for p in data if isinstance(p, str)] if isinstance(data, list) else []
-
-
-async def _reply(send: Any, status: int, message: str) -> None:
-    body = json.dumps({"detail": message}).encode("utf-8")
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
