@@ -305,18 +305,30 @@ def margin_se(hybrid: np.ndarray, dense: np.ndarray, sparse: np.ndarray) -> floa
     return float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
 
 
-def main() -> None:
-    from ingest.embed import Embedder
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_arguments(doc: str, results: Path) -> argparse.Namespace:
+    """``--cache-dir``, ``--depth`` and ``--out`` (default ``results``), as the fusion benches
+    take them."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/bench-cache/fusion"))
     parser.add_argument("--depth", type=int, default=100, help="hits per retriever per query")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=results)
+    return parser.parse_args()
+
+
+def load_dev_sets(args: argparse.Namespace) -> tuple[Any, list[str], dict[str, DevSet]]:
+    """The bundled embedder, the set names and every set's runs (cached, see dev_set)."""
+    from ingest.embed import Embedder
+
     embedder = Embedder.load("bundled")
-    languages = frozenset(embedder.info.languages)
     names = list(SETS)
     devs = {n: dev_set(n, embedder, args.cache_dir, args.depth) for n in names}
+    return embedder, names, devs
+
+
+def main() -> None:
+    args = run_arguments(__doc__ or "", RESULTS)
+    embedder, names, devs = load_dev_sets(args)
+    languages = frozenset(embedder.info.languages)
     t0 = time.perf_counter()
     static = candidates()
     adaptive = adaptive_candidates()

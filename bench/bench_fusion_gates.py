@@ -31,7 +31,6 @@ Writes ``bench/results/fusion_gates.json``. Run: ``nice -n 10 python bench/bench
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -440,18 +439,10 @@ def summary(dev: DevSet, s: SetScores) -> dict[str, Any]:
 
 
 def main() -> None:
-    from ingest.embed import Embedder
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/bench-cache/fusion"))
-    parser.add_argument("--depth", type=int, default=100, help="hits per retriever per query")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    args = bf.run_arguments(__doc__ or "", RESULTS)
     t0 = time.perf_counter()
-    embedder = Embedder.load("bundled")
+    embedder, names, devs = bf.load_dev_sets(args)
     langs = frozenset(embedder.info.languages)
-    names = list(bf.SETS)
-    devs = {n: bf.dev_set(n, embedder, args.cache_dir, args.depth) for n in names}
     t1 = time.perf_counter()
     sets = {n: SetScores(*(np.array(score_runs(devs[n], mode=m)) for m in ("dense", "sparse")))
             for n in names}  # fmt: skip
